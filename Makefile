@@ -1,0 +1,41 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test lint install install-test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## demo: install, then run the server, console and the simulated fleet on SQLite
+demo: install
+	$(VENV)/bin/proctor demo
+
+## test: install with the test extras and run the whole suite (SQLite and PostgreSQL)
+test: install-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check src tests benchmarks
+
+## bench: the ingest benchmark (SQLite and PostgreSQL); prints a table
+bench: install-test
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) .proctor .pytest_cache .ruff_cache

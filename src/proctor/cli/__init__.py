@@ -1,0 +1,1 @@
+"""Layer 4: the ``proctor`` command line."""

@@ -1,0 +1,50 @@
+"""Parsing the times users type: ISO 8601, epoch seconds, or "15m ago" style durations."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*(?:ago)?\s*$", re.I)
+
+
+class TimeParseError(ValueError):
+    pass
+
+
+def parse_time_ns(value: str | int | float, *, now_ns: int | None = None) -> int:
+    """Nanoseconds since the epoch for ``value``.
+
+    Accepts ``2026-11-21T10:00:00Z`` (ISO 8601; naive means UTC), ``1763719200`` (epoch
+    seconds; values above 1e15 are taken as nanoseconds), and ``15m``/``2h``/``7d``/``1w``
+    meaning that long before now.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    if isinstance(value, int | float):
+        return int(value) if value > 1e15 else int(value * 1e9)
+    text = value.strip()
+    if m := _REL.match(text):
+        return now_ns - int(float(m.group(1)) * _UNITS[m.group(2).lower()] * 1e9)
+    try:
+        num = float(text)
+    except ValueError:
+        pass
+    else:
+        return int(num) if num > 1e15 else int(num * 1e9)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise TimeParseError(
+            f"cannot read time {value!r}: use ISO 8601 (2026-11-21T10:00:00Z), epoch seconds, or 15m/2h/7d"
+        ) from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1e9)
+
+
+def format_ns(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

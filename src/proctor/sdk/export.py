@@ -1,0 +1,208 @@
+"""Span exporters for the SDK: to a Proctor server over OTLP/HTTP, or into the local store.
+
+Both run in the BatchSpanProcessor's worker thread, never on the agent's thread, and never
+raise into agent code. The HTTP exporter sends each batch once; if the server is down or
+answers with a retryable error, the batch goes to a bounded on-disk spool and a background
+thread resends it with exponential backoff. When the spool is full the oldest batches are
+dropped and counted; the count is logged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+log = logging.getLogger("proctor.sdk")
+
+_RETRYABLE = frozenset({408, 429, 502, 503, 504})
+
+
+class Spool:
+    """A directory of serialized OTLP requests waiting to be sent, oldest first, bounded in bytes."""
+
+    def __init__(self, directory: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.dir = directory
+        self.max_bytes = max_bytes
+        self.dropped_batches = 0
+        self._seq = 0
+        self._lock = threading.Lock()
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def files(self) -> list[Path]:
+        return sorted(self.dir.glob("*.otlp"))
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.files() if p.exists())
+
+    def put(self, body: bytes) -> None:
+        with self._lock:
+            self._seq += 1
+            name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.otlp"
+            files = self.files()
+            total = sum(p.stat().st_size for p in files)
+            while files and total + len(body) > self.max_bytes:
+                oldest = files.pop(0)
+                total -= oldest.stat().st_size
+                oldest.unlink(missing_ok=True)
+                self.dropped_batches += 1
+            if len(body) > self.max_bytes:
+                self.dropped_batches += 1
+                return
+            tmp = self.dir / (name + ".tmp")
+            tmp.write_bytes(body)
+            tmp.replace(self.dir / name)  # atomic: a reader never sees half a batch
+
+
+class ProctorHTTPExporter(SpanExporter):
+    """OTLP/HTTP protobuf exporter with a disk spool and backoff retries."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool_dir: Path,
+        api_key: str | None = None,
+        timeout_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+        spool_max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.endpoint = url.rstrip("/") + "/v1/traces"
+        headers = {"content-type": "application/x-protobuf", "content-encoding": "gzip"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._client = httpx.Client(headers=headers, timeout=timeout_s)
+        self.spool = Spool(spool_dir, spool_max_bytes)
+        self.max_backoff_s = max_backoff_s
+        self.sent_batches = 0
+        self._reported_drops = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._retry = threading.Thread(target=self._retry_loop, name="proctor-spool", daemon=True)
+        self._retry.start()
+        if self.spool.files():
+            self._wake.set()  # batches left by an earlier run
+
+    def _send(self, body: bytes) -> bool:
+        """True when the server took the batch (or refused it for good); False to retry later."""
+        try:
+            r = self._client.post(self.endpoint, content=body)
+        except httpx.HTTPError:
+            return False
+        if r.status_code < 300:
+            self.sent_batches += 1
+            return True
+        if r.status_code in _RETRYABLE:
+            return False
+        # 400/413: the server will never take this batch; keeping it would block the spool.
+        log.warning("proctor server refused a span batch (%s): %s", r.status_code, r.text[:300])
+        return True
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            body = gzip.compress(encode_spans(spans).SerializeToString(), compresslevel=1)
+            if self.spool.files() or not self._send(body):
+                # keep order: while anything waits in the spool, new batches queue behind it
+                self.spool.put(body)
+                self._wake.set()
+            self._report_drops()
+        except Exception:  # never into agent code
+            log.exception("proctor exporter failed; spans dropped")
+        return SpanExportResult.SUCCESS
+
+    def _report_drops(self) -> None:
+        dropped = self.spool.dropped_batches
+        if dropped > self._reported_drops:
+            log.warning(
+                "proctor spool full: %d span batch(es) dropped so far (server unreachable at %s)",
+                dropped, self.endpoint,
+            )
+            self._reported_drops = dropped
+
+    def _retry_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self.max_backoff_s)
+            self._wake.clear()
+            while not self._stop.is_set():
+                files = self.spool.files()
+                if not files:
+                    backoff = 0.5
+                    break
+                try:
+                    body = files[0].read_bytes()
+                except FileNotFoundError:
+                    continue
+                if self._send(body):
+                    files[0].unlink(missing_ok=True)
+                    backoff = 0.5
+                    continue
+                self._report_drops()
+                # exponential backoff with jitter, bounded
+                self._stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    def flush_spool(self, timeout_s: float = 5.0) -> bool:
+        """Try to send what waits in the spool; True when it is empty."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            files = self.spool.files()
+            if not files:
+                return True
+            try:
+                body = files[0].read_bytes()
+            except FileNotFoundError:
+                continue
+            if not self._send(body):
+                return False
+            files[0].unlink(missing_ok=True)
+        return not self.spool.files()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.flush_spool(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        self.flush_spool(2.0)  # what is left stays on disk for the next run
+        self._stop.set()
+        self._wake.set()
+        self._retry.join(timeout=2)
+        self._client.close()
+
+
+class EmbeddedExporter(SpanExporter):
+    """Writes spans straight into the local store through the same pipeline as the server."""
+
+    def __init__(self, database_url: str | None = None) -> None:
+        from proctor.pipeline import Pipeline
+        from proctor.store import BatchWriter, SpanStore, open_engine
+
+        self.engine = open_engine(database_url)
+        self.writer = BatchWriter(SpanStore(self.engine))
+        self.pipeline = Pipeline(self.writer)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        from proctor.semconv import decode_protobuf
+
+        try:
+            batch = decode_protobuf(encode_spans(spans).SerializeToString())
+            self.pipeline.submit(batch.spans).result(timeout=30)
+            if batch.rejected:
+                log.warning("proctor rejected %d span(s): %s", len(batch.rejected), batch.rejected[:3])
+        except Exception:
+            log.exception("proctor could not store spans locally; spans dropped")
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.writer.close()
+        self.engine.dispose()

@@ -1,0 +1,156 @@
+"""``proctor.init()``: wire OpenTelemetry to Proctor and enable installed instrumentors."""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from proctor.sdk.context import SessionStampProcessor
+
+log = logging.getLogger("proctor.sdk")
+
+# library module -> instrumentor candidates (module, class), preferred first. One per library:
+# two instrumentors on the same client would record every call twice.
+INSTRUMENTORS: dict[str, list[tuple[str, str]]] = {
+    "openai": [
+        ("openinference.instrumentation.openai", "OpenAIInstrumentor"),
+        ("opentelemetry.instrumentation.openai", "OpenAIInstrumentor"),
+        ("opentelemetry.instrumentation.openai_v2", "OpenAIInstrumentor"),
+    ],
+    "anthropic": [
+        ("openinference.instrumentation.anthropic", "AnthropicInstrumentor"),
+        ("opentelemetry.instrumentation.anthropic", "AnthropicInstrumentor"),
+    ],
+    "agents": [("openinference.instrumentation.openai_agents", "OpenAIAgentsInstrumentor")],
+    "langchain_core": [
+        ("openinference.instrumentation.langchain", "LangChainInstrumentor"),
+        ("opentelemetry.instrumentation.langchain", "LangchainInstrumentor"),
+    ],
+    "litellm": [("openinference.instrumentation.litellm", "LiteLLMInstrumentor")],
+    "crewai": [("openinference.instrumentation.crewai", "CrewAIInstrumentor")],
+    "mcp": [("openinference.instrumentation.mcp", "MCPInstrumentor")],
+}
+
+
+@dataclass
+class _Runtime:
+    provider: TracerProvider
+    exporter: SpanExporter
+    instrumented: list[str] = field(default_factory=list)
+    mode: str = "embedded"
+
+
+_lock = threading.Lock()
+_runtime: _Runtime | None = None
+
+
+def _enable_instrumentors(provider: TracerProvider) -> list[str]:
+    enabled = []
+    for library, candidates in INSTRUMENTORS.items():
+        if importlib.util.find_spec(library) is None:
+            continue
+        for module, cls in candidates:
+            try:
+                if importlib.util.find_spec(module) is None:
+                    continue
+                instrumentor = getattr(importlib.import_module(module), cls)()
+                if not instrumentor.is_instrumented_by_opentelemetry:
+                    instrumentor.instrument(tracer_provider=provider)
+                enabled.append(f"{module}.{cls}")
+                break
+            except Exception as exc:  # a broken instrumentor must not stop the agent
+                log.warning("could not enable %s.%s: %s", module, cls, exc)
+    return enabled
+
+
+def init(
+    url: str | None = None,
+    *,
+    service_name: str | None = None,
+    database_url: str | None = None,
+    instrument: bool = True,
+    spool_dir: str | os.PathLike[str] | None = None,
+    api_key: str | None = None,
+    set_global: bool = True,
+) -> TracerProvider:
+    """Send this process's spans to Proctor. Safe to call more than once (later calls are no-ops).
+
+    - ``url`` (or ``PROCTOR_URL``): a Proctor server; spans go there over OTLP/HTTP. While it is
+      unreachable they wait in a bounded spool on disk (``spool_dir``, ``PROCTOR_SPOOL_DIR``,
+      default ``.proctor/spool``) and are resent with backoff.
+    - otherwise spans are written to the embedded store (``database_url``,
+      ``PROCTOR_DATABASE_URL``, default ``.proctor/proctor.db``).
+    - ``instrument``: enable the OpenInference / OpenLLMetry instrumentors that are installed,
+      one per library.
+
+    Returns the tracer provider, for adding your own processors.
+    """
+    global _runtime
+    with _lock:
+        if _runtime is not None:
+            return _runtime.provider
+        url = url or os.environ.get("PROCTOR_URL")
+        resource = Resource.create(
+            {"service.name": service_name or os.environ.get("OTEL_SERVICE_NAME") or "proctor-agent"}
+        )
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(SessionStampProcessor())
+        exporter: SpanExporter
+        if url:
+            from proctor.sdk.export import ProctorHTTPExporter
+
+            spool = Path(spool_dir or os.environ.get("PROCTOR_SPOOL_DIR") or Path(".proctor") / "spool")
+            exporter = ProctorHTTPExporter(url, spool_dir=spool, api_key=api_key or os.environ.get("PROCTOR_API_KEY"))
+            mode = "http"
+        else:
+            from proctor.sdk.export import EmbeddedExporter
+
+            exporter = EmbeddedExporter(database_url)
+            mode = "embedded"
+        # The agent's thread only appends to an in-memory queue; export runs in a worker thread.
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        if set_global:
+            trace.set_tracer_provider(provider)
+        _runtime = _Runtime(provider, exporter, mode=mode)
+        if instrument:
+            _runtime.instrumented = _enable_instrumentors(provider)
+        atexit.register(shutdown)
+        return provider
+
+
+def flush(timeout_s: float = 10.0) -> bool:
+    """Export everything recorded so far; True when it all reached the store or server."""
+    rt = _runtime
+    if rt is None:
+        return True
+    return rt.provider.force_flush(int(timeout_s * 1000))
+
+
+def shutdown() -> None:
+    """Flush and stop exporting. Spans still undelivered stay in the spool for the next run."""
+    global _runtime
+    with _lock:
+        rt, _runtime = _runtime, None
+    if rt is not None:
+        try:
+            rt.provider.shutdown()
+        except Exception:
+            log.exception("proctor shutdown failed")
+
+
+def status() -> dict[str, object]:
+    rt = _runtime
+    if rt is None:
+        return {"initialized": False}
+    return {"initialized": True, "mode": rt.mode, "instrumented": list(rt.instrumented)}

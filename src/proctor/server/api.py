@@ -1,0 +1,113 @@
+"""The REST API under ``/api``: traces, spans, sessions, statistics (OpenAPI at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from proctor import traces as views
+from proctor.core.timeparse import TimeParseError, parse_time_ns
+from proctor.store import CursorError, SpanStore, TraceFilter
+
+router = APIRouter(prefix="/api")
+
+
+def _store(request: Request) -> SpanStore:
+    return request.app.state.proctor.store
+
+
+def _filters(
+    since: str | None,
+    until: str | None,
+    agent: str | None,
+    version: str | None,
+    status: str | None,
+    tool: str | None,
+    model: str | None,
+    session: str | None,
+    service: str | None,
+    min_cost: float | None,
+    min_duration_ms: float | None,
+    q: str | None,
+) -> TraceFilter:
+    try:
+        return TraceFilter(
+            since_ns=parse_time_ns(since) if since else None,
+            until_ns=parse_time_ns(until) if until else None,
+            agent=agent, version=version, status=status, tool=tool, model=model, session_id=session,
+            service=service, min_cost_usd=min_cost, min_duration_ms=min_duration_ms, text=q,
+        )
+    except TimeParseError as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+Since = Annotated[str | None, Query(description="start at or after: ISO 8601, epoch seconds, or 15m/2h/7d ago")]
+Until = Annotated[str | None, Query(description="start before: same forms as since")]
+Agent = Annotated[str | None, Query(description="agent name")]
+Version = Annotated[str | None, Query(description="agent version label or version hash")]
+Status = Annotated[Literal["ok", "error"] | None, Query(description="ok: no span failed; error: some span failed")]
+Tool = Annotated[str | None, Query(description="a tool called in the trace")]
+Model = Annotated[str | None, Query(description="a model called in the trace")]
+Session = Annotated[str | None, Query(description="session (conversation) id")]
+Service = Annotated[str | None, Query(description="service.name of the producer")]
+MinCost = Annotated[float | None, Query(ge=0, description="minimum total cost in USD")]
+MinDur = Annotated[float | None, Query(ge=0, description="minimum duration in milliseconds")]
+Text = Annotated[str | None, Query(max_length=500, description="free text over span names and attributes")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Cursor = Annotated[str | None, Query(description="next_cursor from the previous page")]
+
+
+def _lookup(fn, *args: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args)
+    except views.NotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except views.Ambiguous as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except CursorError as exc:
+        raise HTTPException(400, str(exc)) from exc
+
+
+@router.get("/traces", summary="List traces, newest first")
+def list_traces(
+    request: Request, since: Since = None, until: Until = None, agent: Agent = None, version: Version = None,
+    status: Status = None, tool: Tool = None, model: Model = None, session: Session = None,
+    service: Service = None, min_cost: MinCost = None, min_duration_ms: MinDur = None, q: Text = None,
+    limit: Limit = 50, cursor: Cursor = None,
+) -> dict[str, Any]:
+    flt = _filters(since, until, agent, version, status, tool, model, session, service, min_cost, min_duration_ms, q)
+    return _lookup(lambda: views.trace_list(_store(request), flt, limit=limit, cursor=cursor))
+
+
+@router.get("/traces/{trace_id}", summary="One trace: summary, spans in tree order with depth, causal links")
+def get_trace(request: Request, trace_id: str) -> dict[str, Any]:
+    return _lookup(views.trace_detail, _store(request), trace_id)
+
+
+@router.get("/spans/{span_id}", summary="One span in full: canonical fields, raw attributes, events, resource")
+def get_span(request: Request, span_id: str, trace_id: str | None = None) -> dict[str, Any]:
+    return _lookup(views.span_detail, _store(request), span_id, trace_id)
+
+
+@router.get("/sessions", summary="List sessions (conversations), most recent first")
+def list_sessions(
+    request: Request, since: Since = None, until: Until = None, agent: Agent = None, status: Status = None,
+    q: Text = None, limit: Limit = 50, cursor: Cursor = None,
+) -> dict[str, Any]:
+    flt = _filters(since, until, agent, None, status, None, None, None, None, None, None, q)
+    return _lookup(lambda: views.session_list(_store(request), flt, limit=limit, cursor=cursor))
+
+
+@router.get("/sessions/{session_id}", summary="One session with its traces")
+def get_session(request: Request, session_id: str) -> dict[str, Any]:
+    return _lookup(views.session_detail, _store(request), session_id)
+
+
+@router.get("/stats", summary="Counts, cost, tokens and p50/p95 durations, overall, by agent and by tool")
+def get_stats(
+    request: Request, since: Since = None, until: Until = None, agent: Agent = None, version: Version = None,
+    status: Status = None, tool: Tool = None, model: Model = None, service: Service = None,
+) -> dict[str, Any]:
+    flt = _filters(since, until, agent, version, status, tool, model, None, service, None, None, None)
+    return views.stats(_store(request), flt)

@@ -1,0 +1,50 @@
+"""Running the server with uvicorn, announcing the URL once it accepts connections."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import uvicorn
+
+from proctor.server.app import create_app
+
+
+class _AnnouncingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, announce: Callable[[str], None] | None, url: str) -> None:
+        super().__init__(config)
+        self._announce = announce
+        self._url = url
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        await super().startup(sockets)
+        if self.started:
+            if self._announce:
+                self._announce(f"Proctor is listening on {self._url}  (API: {self._url}/api/traces, "
+                               f"OpenAPI: {self._url}/docs)")
+            self.ready.set()
+
+
+def make_server(
+    host: str = "127.0.0.1", port: int = 7070, database_url: str | None = None, log_level: str = "warning",
+    announce: Callable[[str], None] | None = None,
+) -> _AnnouncingServer:
+    app = create_app(database_url)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    shown = f"[{host}]" if ":" in host else host
+    return _AnnouncingServer(config, announce, f"http://{shown}:{port}")
+
+
+def run_server(**kwargs) -> None:  # type: ignore[no-untyped-def]
+    make_server(**kwargs).run()
+
+
+def start_in_thread(**kwargs) -> tuple[_AnnouncingServer, threading.Thread]:  # type: ignore[no-untyped-def]
+    """Start a server in a daemon thread and wait until it accepts connections (for the demo and tests)."""
+    server = make_server(**kwargs)
+    thread = threading.Thread(target=server.run, name="proctor-server", daemon=True)
+    thread.start()
+    if not server.ready.wait(30):
+        raise RuntimeError("proctor server did not start within 30 s")
+    return server, thread
