@@ -113,6 +113,7 @@ FIELD_KEYS: dict[str, list[tuple[str, str]]] = {
     ],
     "tool_call_id": [
         ("gen_ai.tool.call.id", "otel-genai"),
+        ("tool.id", "openinference"),
         ("tool_call.id", "openinference"),
         ("tool.call_id", "other"),
     ],
@@ -148,8 +149,36 @@ FIELD_KEYS: dict[str, list[tuple[str, str]]] = {
     ],
 }
 
+# Fields filled from generic "entity" attributes only when the span is of the given kind and
+# the field is still empty: OpenInference and OpenLLMetry put a tool's arguments and result,
+# and an agent's or tool's name, in attributes shared by every kind of span.
+KIND_FIELD_KEYS: dict[str, dict[str, list[tuple[str, str]]]] = {
+    "tool": {
+        "tool_name": [("traceloop.entity.name", "openllmetry")],
+        "tool_arguments": [("input.value", "openinference"), ("traceloop.entity.input", "openllmetry")],
+        "tool_result": [("output.value", "openinference"), ("traceloop.entity.output", "openllmetry")],
+    },
+    "agent": {
+        "agent_name": [("traceloop.entity.name", "openllmetry"), ("graph.node.id", "openinference")],
+    },
+}
+
 # Fields also looked up on resource attributes when the span itself lacks them.
 RESOURCE_FIELDS = ("session_id", "user_id", "agent_name", "agent_id", "agent_version", "agent_version_hash")
+
+# Instrumentation scope name prefixes that name the dialect outright (checked in order).
+SCOPE_DIALECTS: list[tuple[str, str]] = [
+    ("proctor", "proctor"),
+    ("openinference.", "openinference"),
+    ("opentelemetry.instrumentation.openai_v2", "otel-genai"),
+    ("opentelemetry.util.genai", "otel-genai"),
+    ("opentelemetry.instrumentation.", "openllmetry"),  # OpenLLMetry packages share this namespace
+    ("traceloop", "openllmetry"),
+    ("pydantic-ai", "pydantic-ai"),
+    ("pydantic_ai", "pydantic-ai"),
+    ("logfire", "logfire"),
+    ("openai.agents", "openai-agents"),
+]
 
 # Marker attributes that decide a span's kind, checked in this order.
 KIND_MARKERS: list[tuple[str, str, dict[str, str]]] = [
@@ -221,10 +250,26 @@ def render_markdown() -> str:
         lines.append(f"| `{fld}` | " + "<br>".join(f"`{k}` ({d})" for k, d in keys) + " |")
     lines += [
         "",
+        "## Fields that depend on the kind",
+        "",
+        "Filled only when the span has this kind and the field is still empty:",
+        "",
+        "| kind | canonical field | attribute keys, in priority order (dialect) |",
+        "|---|---|---|",
+    ]
+    for kind, fields in KIND_FIELD_KEYS.items():
+        for fld, keys in fields.items():
+            lines.append(f"| {kind} | `{fld}` | " + "<br>".join(f"`{k}` ({d})" for k, d in keys) + " |")
+    lines += [
+        "",
+        "An agent span with no agent name takes its span name (without an `invoke_agent ` prefix).",
+        "",
         "## Tool calls requested by an LLM span",
         "",
-        "Collected from these flattened attributes, and from the `tool_call` parts of",
-        "`gen_ai.output.messages` (JSON):",
+        "Collected from these flattened attributes; else from the `tool_call` parts of",
+        "`gen_ai.output.messages` (JSON); else from OpenInference `output.value` when it holds an",
+        "OpenAI Responses object (`function_call` items, as the OpenAI Agents SDK records them,",
+        "whose `usage` also fills missing cache and reasoning token counts):",
         "",
         "| prefix | list segment | id | name | arguments |",
         "|---|---|---|---|---|",
@@ -241,7 +286,9 @@ def render_markdown() -> str:
         "- `cost_usd`: from the span when it carries one (`cost_source = span`), else computed from",
         "  the model, provider and token counts with genai-prices (`cost_source = genai-prices`).",
         "- Causal links (computed when a trace is read): a tool span whose `tool_call_id` matches a",
-        "  tool call requested by an LLM span in the same trace is linked to it (`tool_call`), and",
+        "  tool call requested by an LLM span in the same trace is linked to it (`tool_call`); a",
+        "  tool span without a call id is linked to the latest earlier LLM span that asked for a",
+        "  tool of the same name and is not yet matched (`matched_by: tool_name`); and",
         "  an agent span under another agent span is linked to it (`spawned_by`). OTLP span links",
         "  are kept as they came.",
         "- Trace totals (tokens, cost) sum the llm and embedding spans only: agent spans often",

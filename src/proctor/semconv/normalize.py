@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 
 from proctor.core import Span, SpanKind, SpanStatus, ToolCallRef
-from proctor.semconv.mapping import FIELD_KEYS, KIND_MARKERS, RESOURCE_FIELDS, TOOL_CALL_PATTERNS
+from proctor.semconv.mapping import (
+    FIELD_KEYS,
+    KIND_FIELD_KEYS,
+    KIND_MARKERS,
+    RESOURCE_FIELDS,
+    SCOPE_DIALECTS,
+    TOOL_CALL_PATTERNS,
+)
 
 _INT_FIELDS = frozenset(
     {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"}
@@ -103,6 +110,25 @@ def _fallback_kind(span: Span) -> str:
     return SpanKind.OTHER.value
 
 
+_scope_cache: dict[str | None, str | None] = {}
+
+
+def _scope_dialect(scope: str | None) -> str | None:
+    try:
+        return _scope_cache[scope]
+    except KeyError:
+        pass
+    found = None
+    if scope:
+        for prefix, dialect in SCOPE_DIALECTS:
+            if scope.startswith(prefix):
+                found = dialect
+                break
+    if len(_scope_cache) < 10_000:
+        _scope_cache[scope] = found
+    return found
+
+
 def _tool_calls_from_flat(keys: list[str], attrs: dict[str, Any]) -> list[ToolCallRef]:
     calls: dict[str, dict[str, Any]] = {}
     for key in keys:
@@ -158,6 +184,38 @@ def _tool_calls_from_messages(raw: Any) -> list[ToolCallRef]:
     return out
 
 
+def _from_responses_output(span: Span, raw: Any) -> list[ToolCallRef]:
+    """Tool calls and usage details from an OpenAI Responses object in ``output.value``.
+
+    The OpenAI Agents SDK's OpenInference spans carry the model's output only this way.
+    """
+    if not isinstance(raw, str) or ('"function_call"' not in raw and '"usage"' not in raw):
+        return []
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    responses = doc if isinstance(doc, list) else [doc]
+    calls: list[ToolCallRef] = []
+    for resp in responses:
+        if not isinstance(resp, dict):
+            continue
+        for item in resp.get("output") or ():
+            if isinstance(item, dict) and item.get("type") == "function_call" and item.get("call_id"):
+                calls.append(ToolCallRef(str(item["call_id"]), item.get("name"), _as_text(item.get("arguments"))))
+        usage = resp.get("usage")
+        if isinstance(usage, dict):
+            details_in = usage.get("input_tokens_details") or {}
+            details_out = usage.get("output_tokens_details") or {}
+            if span.cache_read_tokens is None:
+                span.cache_read_tokens = _as_int(details_in.get("cached_tokens"))
+            if span.cache_write_tokens is None:
+                span.cache_write_tokens = _as_int(details_in.get("cache_write_tokens"))
+            if span.reasoning_tokens is None:
+                span.reasoning_tokens = _as_int(details_out.get("reasoning_tokens"))
+    return calls
+
+
 def normalize(span: Span) -> Span:
     """Fill ``span``'s canonical fields in place and return it."""
     attrs = span.attributes
@@ -197,12 +255,25 @@ def normalize(span: Span) -> Span:
 
     kind, dialect = _kind(attrs)
     span.kind = kind or _fallback_kind(span)
-    span.dialect = dialect or first_dialect
+    span.dialect = _scope_dialect(span.scope_name) or dialect or first_dialect
+
+    for fld, keys in KIND_FIELD_KEYS.get(span.kind, {}).items():
+        if getattr(span, fld) is None:
+            for key, _dialect in keys:
+                if key in attrs:
+                    setattr(span, fld, _convert(fld, attrs[key]))
+                    break
+    if span.kind == SpanKind.AGENT.value and span.agent_name is None:
+        name = span.name
+        span.agent_name = name[len("invoke_agent "):] if name.startswith("invoke_agent ") else name
 
     if span.kind == SpanKind.LLM.value:
         calls = _tool_calls_from_flat(flat_tool_keys, attrs) if flat_tool_keys else []
         if not calls and "gen_ai.output.messages" in attrs:
             calls = _tool_calls_from_messages(attrs["gen_ai.output.messages"])
+        if "output.value" in attrs and (not calls or span.cache_read_tokens is None):
+            from_output = _from_responses_output(span, attrs["output.value"])
+            calls = calls or from_output
         if not calls:
             for ev in span.events:
                 # OTel GenAI event mode: a gen_ai.choice event whose message has tool_calls

@@ -56,15 +56,32 @@ def causal_links(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     links: list[dict[str, Any]] = []
     requested: dict[str, str] = {}
+    # (end time, llm span id, call id, tool name) for matching tool spans that carry no call id
+    offered: list[tuple[int, str, str, str | None]] = []
     for s in spans:
         for call in s.get("tool_calls") or ():
             if call.get("id"):
                 requested.setdefault(call["id"], s["span_id"])
+                offered.append((s["end_ns"], s["span_id"], call["id"], call.get("name")))
+    offered.sort()
+    claimed = {s.get("tool_call_id") for s in spans if s.get("kind") == "tool" and s.get("tool_call_id")}
     by_id = {s["span_id"]: s for s in spans}
-    for s in spans:
+    for s in sorted(spans, key=lambda x: x["start_ns"]):
+        if s.get("kind") != "tool":
+            continue
         call_id = s.get("tool_call_id")
-        if s.get("kind") == "tool" and call_id and call_id in requested:
+        if call_id and call_id in requested:
             links.append({"type": "tool_call", "from": requested[call_id], "to": s["span_id"], "tool_call_id": call_id})
+        elif not call_id and s.get("tool_name"):
+            # Some dialects (the OpenAI Agents SDK via OpenInference) do not put the call id on
+            # the tool span: take the latest earlier request for a tool of that name.
+            for end_ns, llm_id, cid, name in reversed(offered):
+                if end_ns <= s["start_ns"] and name == s["tool_name"] and cid not in claimed:
+                    claimed.add(cid)
+                    links.append({"type": "tool_call", "from": llm_id, "to": s["span_id"], "tool_call_id": cid,
+                                  "matched_by": "tool_name"})
+                    break
+    for s in spans:
         if s.get("kind") == "agent":
             parent = by_id.get(s.get("parent_span_id") or "")
             hops = 0
