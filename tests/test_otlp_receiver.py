@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from proctor.semconv import DecodeLimits
 from proctor.server import create_app
 from proctor.server.otlp import ReceiverLimits
+
 from spanfactory import agent_trace, new_span_id, new_trace_id, request, span
 
 PB = {"content-type": "application/x-protobuf"}

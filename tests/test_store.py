@@ -12,6 +12,7 @@ from proctor.pipeline import Pipeline
 from proctor.semconv import decode_protobuf
 from proctor.store import BatchWriter, CursorError, SpanStore, TraceFilter, open_engine
 from proctor.store.schema import metadata
+
 from spanfactory import agent_trace, any_value, request
 
 

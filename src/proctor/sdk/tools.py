@@ -17,11 +17,18 @@ _tracer = trace.get_tracer("proctor.sdk")
 MAX_RECORDED_CHARS = 16_384
 
 
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # recording must never fail the agent's call
+        return f"<unrepresentable {type(value).__name__}>"
+
+
 def _to_json(value: Any) -> str:
     try:
-        text = orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+        text = orjson.dumps(value, default=_safe_repr, option=orjson.OPT_NON_STR_KEYS).decode()
     except Exception:
-        text = repr(value)
+        text = _safe_repr(value)
     if len(text) > MAX_RECORDED_CHARS:
         text = text[:MAX_RECORDED_CHARS] + f"…[truncated {len(text) - MAX_RECORDED_CHARS} chars]"
     return text

@@ -1,0 +1,187 @@
+"""The SDK as an agent author uses it. Each scenario runs in its own process, as an agent would:
+``proctor.init()`` sets process-wide OpenTelemetry state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from proctor.sdk.export import ProctorHTTPExporter
+from proctor.server.run import start_in_thread
+from proctor.store import SpanStore, TraceFilter, open_engine
+from proctor.traces import trace_detail, trace_list
+
+from conftest import free_port, wait_until
+
+AGENT = textwrap.dedent(
+    """
+    import sys, time, proctor
+
+    @proctor.tool(side_effect="read")
+    def lookup_customer(email: str, verbose: bool = False) -> dict:
+        "Find a customer by email."
+        return {"id": 7, "email": email}
+
+    @proctor.tool
+    async def send_email(to: str) -> str:
+        raise ConnectionError("smtp down")
+
+    proctor.init(service_name="sdk-test", instrument=False)
+    import asyncio
+    with proctor.session(agent="support", version="1.2.0", user="u-9", session_id="sess-sdk") as s:
+        lookup_customer("a@b.c")
+        lookup_customer.call_with_id("call_1", "d@e.f", verbose=True)
+        try:
+            asyncio.run(send_email("x@y.z"))
+        except ConnectionError:
+            print("error re-raised")
+    """
+)
+
+
+def run_agent(code: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def test_embedded_mode_records_a_session_with_tools_args_results_and_errors(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'agent.db'}"
+    proc = run_agent(AGENT, {"PROCTOR_DATABASE_URL": db, "PROCTOR_URL": ""}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "error re-raised" in proc.stdout
+
+    store = SpanStore(open_engine(db))
+    [t] = trace_list(store, TraceFilter(agent="support"))["traces"]
+    assert t["session_id"] == "sess-sdk" and t["span_count"] == 4 and t["error_count"] == 1
+    spans = trace_detail(store, t["trace_id"])["spans"]
+    root, *tools = spans
+    assert (root["kind"], root["name"], root["depth"]) == ("agent", "invoke_agent support", 0)
+    assert [s["tool_name"] for s in tools] == ["lookup_customer", "lookup_customer", "send_email"]
+    assert all(s["depth"] == 1 and s["agent_name"] == "support" and s["session_id"] == "sess-sdk" for s in tools)
+    first = store.get_span(tools[0]["span_id"])
+    assert first is not None
+    assert first["tool_arguments"] == '{"email":"a@b.c"}'
+    assert first["tool_result"] == '{"id":7,"email":"a@b.c"}'
+    assert first["attributes"]["proctor.tool.side_effect"] == "read"
+    assert first["attributes"]["user.id"] == "u-9" and first["agent_version"] == "1.2.0"
+    assert tools[1]["tool_call_id"] == "call_1"
+    failed = store.get_span(tools[2]["span_id"])
+    assert failed is not None
+    assert failed["status"] == "error" and failed["error_type"] == "ConnectionError"
+    assert failed["error_message"] == "smtp down"
+
+
+SPOOLING_AGENT = textwrap.dedent(
+    """
+    import sys, time, proctor, proctor.sdk as sdk
+    proctor.init(service_name="spool-test", instrument=False)
+
+    @proctor.tool
+    def step(i: int) -> int:
+        return i
+
+    t0 = time.perf_counter()
+    with proctor.session(agent="offline", session_id="sess-offline"):
+        for i in range(50):
+            step(i)
+    print("recorded in %.3f s" % (time.perf_counter() - t0), flush=True)
+    sdk.flush(5)
+    print("flushed", flush=True)
+    sys.stdin.readline()  # the test starts the server, then wakes us
+    exporter = sdk.setup._runtime.exporter
+    ok = exporter.flush_spool(20)
+    print("delivered" if ok else "still spooled", flush=True)
+    """
+)
+
+
+def test_spans_recorded_while_the_server_is_down_are_spooled_and_delivered_later(tmp_path: Path) -> None:
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'server.db'}"
+    spool = tmp_path / "spool"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPOOLING_AGENT], cwd=tmp_path, text=True, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PROCTOR_URL": f"http://127.0.0.1:{port}", "PROCTOR_SPOOL_DIR": str(spool)},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        recorded = proc.stdout.readline()
+        assert recorded.startswith("recorded in"), proc.stderr.read() if proc.stderr else ""
+        assert float(recorded.split()[2]) < 2.0  # the agent was never held up by the dead server
+        assert proc.stdout.readline().strip() == "flushed"
+        assert wait_until(lambda: any(spool.glob("*.otlp")), timeout=10), "nothing was spooled"
+
+        server, _thread = start_in_thread(port=port, database_url=db)
+        try:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "delivered"
+            store = SpanStore(open_engine(db))
+            [t] = trace_list(store, TraceFilter(session_id="sess-offline"))["traces"]
+            assert t["span_count"] == 51
+            assert not any(spool.glob("*.otlp"))
+        finally:
+            server.should_exit = True
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_full_spool_drops_the_oldest_batches_and_says_how_many(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()  # nothing listens here
+    exporter = ProctorHTTPExporter(f"http://127.0.0.1:{port}", spool_dir=tmp_path, spool_max_bytes=2_000,
+                                   timeout_s=0.5)
+    provider = TracerProvider()
+    tracer = provider.get_tracer("t")
+    try:
+        with caplog.at_level(logging.WARNING, logger="proctor.sdk"):
+            for i in range(30):
+                span = tracer.start_span(f"step {i}", attributes={"payload": "x" * 200})
+                span.end()
+                exporter.export([span])  # type: ignore[list-item]
+        assert exporter.spool.size() <= 2_000
+        assert exporter.spool.dropped_batches > 0
+        assert "dropped" in caplog.text
+    finally:
+        exporter.shutdown()
+
+
+def test_a_refused_batch_is_not_retried_forever(tmp_path: Path) -> None:
+    port = free_port()
+    server, _ = start_in_thread(port=port, database_url=f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        exporter = ProctorHTTPExporter(f"http://127.0.0.1:{port}", spool_dir=tmp_path / "spool")
+        exporter.spool.put(b"this is not gzip")  # the server answers 400 for it
+        assert exporter.flush_spool(5)
+        exporter.shutdown()
+    finally:
+        server.should_exit = True
+
+
+def test_the_sdk_never_raises_into_agent_code_when_arguments_cannot_be_serialized(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        import proctor
+        proctor.init(instrument=False)
+        class Weird:
+            def __repr__(self): raise RuntimeError("no repr")
+        @proctor.tool
+        def f(x): return x
+        with proctor.session(agent="a"):
+            assert isinstance(f(Weird()), Weird)
+        print("ok")
+        """
+    )
+    proc = run_agent(code, {"PROCTOR_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PROCTOR_URL": ""}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
