@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
+import os
 import time
 from typing import Any
 
@@ -11,8 +11,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
-
-_ids = itertools.count(1)
 
 
 def any_value(v: Any) -> AnyValue:
@@ -32,11 +30,11 @@ def kvs(attrs: dict[str, Any]) -> list[KeyValue]:
 
 
 def new_trace_id() -> bytes:
-    return next(_ids).to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
+    return os.urandom(16)  # random, as real tracers make them (prefixes differ)
 
 
 def new_span_id() -> bytes:
-    return (next(_ids) | (1 << 62)).to_bytes(8, "big")
+    return os.urandom(8)
 
 
 def span(

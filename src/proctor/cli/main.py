@@ -49,7 +49,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _print_json(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS  # SQLAlchemy row keys are str subclasses
+    sys.stdout.write(orjson.dumps(doc, option=opts, default=str).decode() + "\n")
 
 
 class _Source:
