@@ -185,3 +185,29 @@ def test_the_sdk_never_raises_into_agent_code_when_arguments_cannot_be_serialize
     proc = run_agent(code, {"PROCTOR_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PROCTOR_URL": ""}, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_server_in_the_same_process_as_the_sdk_does_not_trace_itself(tmp_path: Path) -> None:
+    """FastAPI traces requests when a global tracer provider exists; ours must not, or every
+    export would produce more spans to export (a feedback loop)."""
+    code = textwrap.dedent(
+        f"""
+        import proctor, sqlite3
+        from proctor.server.run import start_in_thread
+        server, _ = start_in_thread(port={free_port()}, database_url="sqlite:///{tmp_path}/s.db")
+        proctor.init(url="http://127.0.0.1:" + str(server.config.port), instrument=False)
+
+        @proctor.tool
+        def step(i): return i
+
+        with proctor.session(agent="same-process"):
+            for i in range(300):
+                step(i)
+        assert proctor.flush(20)
+        db = sqlite3.connect("{tmp_path}/s.db")
+        print(db.execute("select count(*), count(distinct trace_id) from spans").fetchone())
+        """
+    )
+    proc = run_agent(code, {"PROCTOR_SPOOL_DIR": str(tmp_path / "spool")}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(301, 1)"

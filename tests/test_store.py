@@ -182,3 +182,11 @@ def test_raw_attributes_are_kept_verbatim_beside_canonical_fields(store: SpanSto
     assert llm["attributes"]["gen_ai.request.model"] == "gpt-4o-mini"
     assert llm["model"] == "gpt-4o-mini" and llm["kind"] == "llm" and llm["provider"] == "openai"
     assert llm["tool_calls"][0]["name"] == "lookup_customer"
+
+
+def test_a_span_repeated_inside_one_batch_is_stored_and_counted_once(store: SpanStore) -> None:
+    tid, spans = agent_trace()
+    ingest(store, spans + spans[1:3])
+    t = store.get_trace_summary(tid.hex())
+    assert t is not None
+    assert (t["span_count"], t["llm_count"], t["input_tokens"]) == (4, 2, 300)

@@ -73,7 +73,7 @@ class ProctorHTTPExporter(SpanExporter):
         *,
         spool_dir: Path,
         api_key: str | None = None,
-        timeout_s: float = 5.0,
+        timeout_s: float = 10.0,
         max_backoff_s: float = 30.0,
         spool_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
@@ -110,15 +110,19 @@ class ProctorHTTPExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            body = gzip.compress(encode_spans(spans).SerializeToString(), compresslevel=1)
-            if self.spool.files() or not self._send(body):
-                # keep order: while anything waits in the spool, new batches queue behind it
-                self.spool.put(body)
-                self._wake.set()
-            self._report_drops()
+            self.export_encoded(encode_spans(spans).SerializeToString())
         except Exception:  # never into agent code
             log.exception("proctor exporter failed; spans dropped")
         return SpanExportResult.SUCCESS
+
+    def export_encoded(self, request: bytes) -> None:
+        """Send one serialized ExportTraceServiceRequest, or spool it for later."""
+        body = gzip.compress(request, compresslevel=1)
+        if self.spool.files() or not self._send(body):
+            # keep order: while anything waits in the spool, new batches queue behind it
+            self.spool.put(body)
+            self._wake.set()
+        self._report_drops()
 
     def _report_drops(self) -> None:
         dropped = self.spool.dropped_batches
@@ -191,17 +195,20 @@ class EmbeddedExporter(SpanExporter):
         self.pipeline = Pipeline(self.writer)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        from proctor.semconv import decode_protobuf
-
         try:
-            batch = decode_protobuf(encode_spans(spans).SerializeToString())
-            self.pipeline.submit(batch.spans).result(timeout=30)
-            if batch.rejected:
-                log.warning("proctor rejected %d span(s): %s", len(batch.rejected), batch.rejected[:3])
+            self.export_encoded(encode_spans(spans).SerializeToString())
         except Exception:
             log.exception("proctor could not store spans locally; spans dropped")
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def export_encoded(self, request: bytes) -> None:
+        from proctor.semconv import decode_protobuf
+
+        batch = decode_protobuf(request)
+        self.pipeline.submit(batch.spans).result(timeout=30)
+        if batch.rejected:
+            log.warning("proctor rejected %d span(s): %s", len(batch.rejected), batch.rejected[:3])
 
     def shutdown(self) -> None:
         self.writer.close()

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from proctor.sdk.context import SessionStampProcessor
+from proctor.sdk.recorder import SpanRecorder
 
 log = logging.getLogger("proctor.sdk")
 
@@ -47,6 +48,7 @@ INSTRUMENTORS: dict[str, list[tuple[str, str]]] = {
 class _Runtime:
     provider: TracerProvider
     exporter: SpanExporter
+    recorder: SpanRecorder
     instrumented: list[str] = field(default_factory=list)
     mode: str = "embedded"
 
@@ -122,7 +124,8 @@ def init(
         provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
         if set_global:
             trace.set_tracer_provider(provider)
-        _runtime = _Runtime(provider, exporter, mode=mode)
+        recorder = SpanRecorder(exporter, dict(resource.attributes))  # type: ignore[arg-type]
+        _runtime = _Runtime(provider, exporter, recorder, mode=mode)
         if instrument:
             _runtime.instrumented = _enable_instrumentors(provider)
         atexit.register(shutdown)
@@ -134,7 +137,8 @@ def flush(timeout_s: float = 10.0) -> bool:
     rt = _runtime
     if rt is None:
         return True
-    return rt.provider.force_flush(int(timeout_s * 1000))
+    recorded = rt.recorder.flush(timeout_s)
+    return rt.provider.force_flush(int(timeout_s * 1000)) and recorded
 
 
 def shutdown() -> None:
@@ -144,9 +148,17 @@ def shutdown() -> None:
         rt, _runtime = _runtime, None
     if rt is not None:
         try:
-            rt.provider.shutdown()
+            rt.recorder.flush(5.0)
+            rt.provider.shutdown()  # shuts the exporter down too
+            rt.recorder.shutdown(1.0)
         except Exception:
             log.exception("proctor shutdown failed")
+
+
+def recorder() -> SpanRecorder | None:
+    """The lightweight recorder for the SDK's own spans, or None before init()."""
+    rt = _runtime
+    return rt.recorder if rt is not None else None
 
 
 def status() -> dict[str, object]:

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import orjson
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
+
+from proctor.sdk import setup
+from proctor.sdk.context import current_session
 
 F = TypeVar("F", bound=Callable[..., Any])
-# A proxy until init() sets the provider, then it delegates; looked up once, not per call.
-_tracer = trace.get_tracer("proctor.sdk")
 MAX_RECORDED_CHARS = 16_384
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_rand = random.getrandbits
+# A proxy until a provider is set, then it delegates; looked up once, not per call.
+_tracer = trace.get_tracer("proctor.sdk")
 
 
 def _safe_repr(value: Any) -> str:
@@ -34,11 +42,15 @@ def _to_json(value: Any) -> str:
     return text
 
 
-class _ToolCall:
-    """The span around one tool call; ends it with the result or the error."""
+class _ToolSpec:
+    """What is fixed per decorated function: its name and the attributes every call shares."""
 
-    def __init__(self, name: str, description: str | None, side_effect: str | None, params: tuple[str, ...],
-                 call_id: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    __slots__ = ("base_attrs", "name", "params", "span_name")
+
+    def __init__(self, name: str, description: str | None, side_effect: str | None, params: tuple[str, ...]):
+        self.name = name
+        self.span_name = f"execute_tool {name}"
+        self.params = params
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": name,
@@ -49,31 +61,82 @@ class _ToolCall:
             attrs["gen_ai.tool.description"] = description
         if side_effect:
             attrs["proctor.tool.side_effect"] = side_effect
+        self.base_attrs = attrs
+
+
+class _ToolCall:
+    """One call: a recorded span when proctor.init() ran, else an ordinary OTel span."""
+
+    __slots__ = ("attrs", "ctx", "otel_span", "parent", "recorder", "sid", "spec", "start", "tid", "token")
+
+    def __init__(self, spec: _ToolSpec, call_id: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.spec = spec
+        attrs = dict(spec.base_attrs)
         if call_id:
             attrs["gen_ai.tool.call.id"] = call_id
-        # name the positional arguments from the signature (cheaper than Signature.bind)
+        # name positional arguments from the signature (cheaper than Signature.bind)
+        params = spec.params
         named = dict(zip(params, args, strict=False)) if len(args) <= len(params) else {"args": list(args)}
         if kwargs:
             named.update(kwargs)
         attrs["gen_ai.tool.call.arguments"] = _to_json(named)
-        self.span = _tracer.start_span(f"execute_tool {name}", attributes=attrs)
-        self.ctx = trace.use_span(self.span, end_on_exit=False)
+        self.attrs = attrs
+        self.recorder = setup.recorder()
+        self.otel_span = None
 
     def __enter__(self) -> _ToolCall:
-        self.ctx.__enter__()
+        if self.recorder is None:
+            self.otel_span = _tracer.start_span(self.spec.span_name, attributes=self.attrs)
+            self.ctx = trace.use_span(self.otel_span, end_on_exit=False)
+            self.ctx.__enter__()
+            return self
+        parent = trace.get_current_span().get_span_context()
+        self.parent = parent.span_id if parent.is_valid else 0
+        self.tid = parent.trace_id if parent.is_valid else _rand(128)
+        self.sid = _rand(64)
+        ctx = SpanContext(self.tid, self.sid, is_remote=False, trace_flags=_SAMPLED)
+        self.token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(ctx)))
+        self.start = time.time_ns()
         return self
 
     def done(self, result: Any) -> None:
-        self.span.set_attribute("gen_ai.tool.call.result", _to_json(result))
-        self.span.set_status(Status(StatusCode.OK))
+        self.attrs["gen_ai.tool.call.result"] = _to_json(result)
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        if self.otel_span is not None:
+            span = self.otel_span
+            if "gen_ai.tool.call.result" in self.attrs:
+                span.set_attribute("gen_ai.tool.call.result", self.attrs["gen_ai.tool.call.result"])
+            if exc is not None:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{exc_type.__name__}: {exc}"))
+                span.set_attribute("error.type", exc_type.__qualname__)
+            else:
+                span.set_status(Status(StatusCode.OK))
+            self.ctx.__exit__(exc_type, exc, tb)
+            span.end()
+            return
+        end = time.time_ns()
+        otel_context.detach(self.token)
+        attrs = self.attrs
+        info = current_session()
+        if info is not None:
+            for k, v in info.stamp.items():
+                attrs.setdefault(k, v)
+        error = None
         if exc is not None:
-            self.span.record_exception(exc)
-            self.span.set_status(Status(StatusCode.ERROR, f"{exc_type.__name__}: {exc}"))
-            self.span.set_attribute("error.type", exc_type.__qualname__)
-        self.ctx.__exit__(exc_type, exc, tb)
-        self.span.end()
+            attrs["error.type"] = exc_type.__qualname__
+            error = (exc_type.__name__, _safe_str(exc))
+        self.recorder.record(  # type: ignore[union-attr]
+            (self.tid, self.sid, self.parent, self.spec.span_name, self.start, end, attrs, error)
+        )
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return _safe_repr(exc)
 
 
 @overload
@@ -100,17 +163,17 @@ def tool(
     """
 
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
-        tool_name = name or f.__name__
-        desc = description or (inspect.getdoc(f) or "").split("\n")[0] or None
         params = tuple(
             p.name for p in inspect.signature(f).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         )
+        desc = description or (inspect.getdoc(f) or "").split("\n")[0] or None
+        spec = _ToolSpec(name or f.__name__, desc, side_effect, params)
 
         if inspect.iscoroutinefunction(f):
 
             async def run_async(call_id: str | None, *args: Any, **kwargs: Any) -> Any:
-                with _ToolCall(tool_name, desc, side_effect, params, call_id, args, kwargs) as call:
+                with _ToolCall(spec, call_id, args, kwargs) as call:
                     result = await f(*args, **kwargs)
                     call.done(result)
                     return result
@@ -120,11 +183,11 @@ def tool(
                 return await run_async(None, *args, **kwargs)
 
             async_wrapper.call_with_id = run_async  # type: ignore[attr-defined]
-            async_wrapper.tool_name = tool_name  # type: ignore[attr-defined]
+            async_wrapper.tool_name = spec.name  # type: ignore[attr-defined]
             return async_wrapper
 
         def run(call_id: str | None, *args: Any, **kwargs: Any) -> Any:
-            with _ToolCall(tool_name, desc, side_effect, params, call_id, args, kwargs) as call:
+            with _ToolCall(spec, call_id, args, kwargs) as call:
                 result = f(*args, **kwargs)
                 call.done(result)
                 return result
@@ -134,7 +197,7 @@ def tool(
             return run(None, *args, **kwargs)
 
         wrapper.call_with_id = run  # type: ignore[attr-defined]
-        wrapper.tool_name = tool_name  # type: ignore[attr-defined]
+        wrapper.tool_name = spec.name  # type: ignore[attr-defined]
         return wrapper
 
     return wrap(fn) if fn is not None else wrap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -40,11 +41,18 @@ def create_app(database_url: str | None = None, *, limits: ReceiverLimits | None
         writer.close()
         engine.dispose()
 
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI >= 0.160 traces its own requests whenever a global tracer provider is set.
+        # When the SDK runs in the same process (demo, tests, embedded use) every OTLP request
+        # would make spans that are exported back to us, and so on: a feedback loop.
+        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(
         title="Proctor",
         version=__version__,
         description="Self-hosted AgentOps control plane: traces, governance, telemetry and evaluation.",
         lifespan=lifespan,
+        **extra,
     )
     app.state.proctor = state
     app.add_api_route(

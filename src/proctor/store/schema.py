@@ -78,6 +78,7 @@ spans = Table(
     Index("ix_spans_model", "model", "trace_id"),
     Index("ix_spans_tool", "tool_name", "trace_id"),
     Index("ix_spans_tool_call", "tool_call_id"),
+    Index("ix_spans_ingested", "ingested_ns"),
 )
 
 # One row per trace, maintained at ingest so that lists and filters never aggregate spans.

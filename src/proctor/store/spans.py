@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -164,12 +165,7 @@ def _sql_for(dialect: str) -> dict[str, str]:
         " cost_usd = traces.cost_usd + excluded.cost_usd,"
         " updated_ns = excluded.updated_ns"
     )
-    replace = (
-        values
-        + " ON CONFLICT (trace_id) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in TRACE_COLUMNS if c != "trace_id")
-    )
-    return {"insert_spans": insert_spans, "merge_traces": merge, "replace_traces": replace}
+    return {"insert_spans": insert_spans, "merge_traces": merge}
 
 
 @dataclass(slots=True)
@@ -178,49 +174,53 @@ class WriteResult:
     duplicates: int
 
 
+_last_ingest_ns = 0
+_ingest_lock = threading.Lock()
+
+
+def _ingest_stamp() -> int:
+    """A nanosecond timestamp unique to one write call in this process (strictly increasing)."""
+    global _last_ingest_ns
+    with _ingest_lock:
+        now = max(time.time_ns(), _last_ingest_ns + 1)
+        _last_ingest_ns = now
+        return now
+
+
 def write_spans(conn: Connection, batch: Sequence[Span], sql: dict[str, str]) -> WriteResult:
     """Insert ``batch`` and fold it into the trace aggregates, inside the caller's transaction.
 
-    Idempotent on (trace_id, span_id): a span already stored is skipped. When any span of the
-    batch was a duplicate, the aggregates of the traces it touched are recomputed from the
-    stored spans instead of incremented, so a retried batch never counts twice.
+    Idempotent on (trace_id, span_id): a span already stored is skipped. Every row of one call
+    carries the same, call-unique ``ingested_ns``; when some spans of the batch were already
+    stored, that stamp tells which rows this call inserted, and only those are added to the
+    trace aggregates, so a retried batch never counts twice and costs no more than a new one.
     """
     if not batch:
         return WriteResult(0, 0)
-    now = time.time_ns()
+    now = _ingest_stamp()
     cur = conn.exec_driver_sql(sql["insert_spans"], [span_row(s, now) for s in batch])
-    inserted = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else len(batch)
-    aggs = aggregate_traces(batch)
+    inserted = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else -1
     if inserted == len(batch):
-        conn.exec_driver_sql(sql["merge_traces"], [a.row(now) for a in aggs.values()])
+        fresh: Sequence[Span] = batch
     else:
-        recompute_traces(conn, list(aggs), sql, now)
+        new_keys = {
+            (r.trace_id, r.span_id)
+            for r in conn.execute(
+                select(spans_t.c.trace_id, spans_t.c.span_id).where(spans_t.c.ingested_ns == now)
+            )
+        }
+        # a span repeated inside the batch is inserted once: keep its first occurrence only
+        kept = []
+        for s in batch:
+            key = (s.trace_id, s.span_id)
+            if key in new_keys:
+                new_keys.discard(key)
+                kept.append(s)
+        fresh = kept
+        inserted = len(fresh)
+    if fresh:
+        conn.exec_driver_sql(sql["merge_traces"], [a.row(now) for a in aggregate_traces(fresh).values()])
     return WriteResult(inserted, len(batch) - inserted)
-
-
-def recompute_traces(conn: Connection, trace_ids: list[str], sql: dict[str, str], now: int) -> None:
-    cols = [spans_t.c[c] for c in _AGG_COLUMNS]
-    rows = conn.execute(select(*cols).where(spans_t.c.trace_id.in_(trace_ids))).all()
-    aggs = aggregate_traces(_span_from_agg_row(r) for r in rows)
-    if aggs:
-        conn.exec_driver_sql(sql["replace_traces"], [a.row(now) for a in aggs.values()])
-
-
-_AGG_COLUMNS = (
-    "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status",
-    "service_name", "session_id", "user_id", "agent_name", "agent_version", "input_tokens",
-    "output_tokens", "cost_usd",
-)
-
-
-def _span_from_agg_row(r: Any) -> Span:
-    return Span(
-        trace_id=r.trace_id, span_id=r.span_id, parent_span_id=r.parent_span_id, name=r.name,
-        kind=r.kind, start_ns=r.start_ns, end_ns=r.end_ns, status=r.status,
-        service_name=r.service_name, session_id=r.session_id, user_id=r.user_id,
-        agent_name=r.agent_name, agent_version=r.agent_version, input_tokens=r.input_tokens,
-        output_tokens=r.output_tokens, cost_usd=r.cost_usd,
-    )
 
 
 # ---------------------------------------------------------------------------------------------

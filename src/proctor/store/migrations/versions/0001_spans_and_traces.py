@@ -69,6 +69,7 @@ def upgrade() -> None:
     op.create_index("ix_spans_model", "spans", ["model", "trace_id"])
     op.create_index("ix_spans_tool", "spans", ["tool_name", "trace_id"])
     op.create_index("ix_spans_tool_call", "spans", ["tool_call_id"])
+    op.create_index("ix_spans_ingested", "spans", ["ingested_ns"])
 
     op.create_table(
         "traces",
