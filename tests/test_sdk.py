@@ -211,3 +211,47 @@ def test_a_server_in_the_same_process_as_the_sdk_does_not_trace_itself(tmp_path:
     proc = run_agent(code, {"PROCTOR_SPOOL_DIR": str(tmp_path / "spool")}, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "(301, 1)"
+
+
+INSTRUMENTED_AGENT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {conformance_dir!r})
+    import proctor
+    from proctor.sdk import status
+    from fake_openai import running_fake_openai
+
+    proctor.init(service_name="instrumented")
+    print(status()["instrumented"])
+    import openai
+
+    with running_fake_openai() as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="sk-test")
+        with proctor.session(agent="weather", session_id="sess-inst"):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{{"role": "user", "content": "Weather in Paris?"}}],
+                tools=[{{"type": "function", "function": {{"name": "get_weather", "parameters": {{
+                    "type": "object", "properties": {{"city": {{"type": "string"}}}}}}}}}}],
+            )
+    assert proctor.flush(20)
+    """
+)
+
+
+def test_init_enables_an_installed_instrumentor_and_its_llm_spans_join_the_session(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'agent.db'}"
+    code = INSTRUMENTED_AGENT.format(conformance_dir=str(Path(__file__).parent / "conformance"))
+    proc = run_agent(code, {"PROCTOR_DATABASE_URL": db, "PROCTOR_URL": ""}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    # one instrumentor per library: OpenInference is preferred over OpenLLMetry and openai-v2
+    assert "openinference.instrumentation.openai.OpenAIInstrumentor" in proc.stdout
+    assert "opentelemetry.instrumentation.openai.OpenAIInstrumentor" not in proc.stdout
+
+    store = SpanStore(open_engine(db))
+    [t] = trace_list(store, TraceFilter(session_id="sess-inst"))["traces"]
+    spans = trace_detail(store, t["trace_id"])["spans"]
+    assert [(s["kind"], s["depth"]) for s in spans] == [("agent", 0), ("llm", 1)]
+    llm = spans[1]
+    assert (llm["model"], llm["input_tokens"], llm["output_tokens"]) == ("gpt-4o-mini", 42, 17)
+    assert llm["session_id"] == "sess-inst" and llm["agent_name"] == "weather"
+    assert llm["tool_calls"][0]["id"] == "call_weather_1"
