@@ -28,10 +28,12 @@ demo: install
 ## test: install with the test extras and run the whole suite (SQLite and PostgreSQL)
 test: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src/proctor
 	$(PY) -m pytest -q
 
 lint: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src/proctor
 
 ## bench: the ingest benchmark (SQLite and PostgreSQL); prints a table
 bench: install-test

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import orjson
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from proctor.store import TraceFilter
 
 app = typer.Typer(
     name="proctor",
@@ -43,7 +46,7 @@ DbOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -94,10 +97,9 @@ class _Source:
             return local(self.store())
         except (NotFound, Ambiguous, CursorError) as exc:
             _fail(str(exc))
-        raise AssertionError("unreachable")
 
 
-def _filter(**kw: Any) -> Any:
+def _filter(**kw: Any) -> TraceFilter:
     from proctor.core.timeparse import TimeParseError, parse_time_ns
     from proctor.store import TraceFilter
 
@@ -170,7 +172,7 @@ def traces_ls(
     src = _Source(url, db)
     from proctor.traces import trace_list
 
-    flt = None if src.url else _filter(**params)
+    flt = _filter(**params)  # parsed here too, so a bad --since fails before any request
     doc = src.get("/api/traces", {**params, "limit": limit, "cursor": cursor},
                   lambda st: trace_list(st, flt, limit=limit, cursor=cursor))
     if as_json:
@@ -233,7 +235,7 @@ def sessions_ls(
     from proctor.traces import session_list
 
     src = _Source(url, db)
-    flt = None if src.url else _filter(since=since, agent=agent)
+    flt = _filter(since=since, agent=agent)
     doc = src.get("/api/sessions", {"since": since, "agent": agent, "limit": limit, "cursor": cursor},
                   lambda st: session_list(st, flt, limit=limit, cursor=cursor))
     if as_json:
@@ -291,7 +293,7 @@ def stats(
     from proctor.traces import stats as stats_view
 
     src = _Source(url, db)
-    flt = None if src.url else _filter(since=since, agent=agent)
+    flt = _filter(since=since, agent=agent)
     doc = src.get("/api/stats", {"since": since, "agent": agent}, lambda st: stats_view(st, flt))
     if as_json:
         _print_json(doc)

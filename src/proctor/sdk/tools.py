@@ -82,12 +82,12 @@ class _ToolCall:
         attrs["gen_ai.tool.call.arguments"] = _to_json(named)
         self.attrs = attrs
         self.recorder = setup.recorder()
-        self.otel_span = None
+        self.otel_span: trace.Span | None = None
 
     def __enter__(self) -> _ToolCall:
         if self.recorder is None:
-            self.otel_span = _tracer.start_span(self.spec.span_name, attributes=self.attrs)
-            self.ctx = trace.use_span(self.otel_span, end_on_exit=False)
+            span = self.otel_span = _tracer.start_span(self.spec.span_name, attributes=self.attrs)
+            self.ctx = trace.use_span(span, end_on_exit=False)
             self.ctx.__enter__()
             return self
         parent = trace.get_current_span().get_span_context()

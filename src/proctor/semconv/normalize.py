@@ -253,9 +253,9 @@ def normalize(span: Span) -> Span:
     if span.cost_usd is not None:
         span.cost_source = "span"
 
-    kind, dialect = _kind(attrs)
-    span.kind = kind or _fallback_kind(span)
-    span.dialect = _scope_dialect(span.scope_name) or dialect or first_dialect
+    kind, marker_dialect = _kind(attrs)
+    span.kind = kind if kind is not None else _fallback_kind(span)
+    span.dialect = _scope_dialect(span.scope_name) or marker_dialect or first_dialect
 
     for fld, keys in KIND_FIELD_KEYS.get(span.kind, {}).items():
         if getattr(span, fld) is None:
