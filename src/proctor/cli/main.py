@@ -125,8 +125,12 @@ def serve(
 ) -> None:
     """Run the server: OTLP receiver at /v1/traces, REST API at /api, OpenAPI at /openapi.json."""
     from proctor.server.run import run_server
+    from proctor.store import DatabaseURLError
 
-    run_server(host=host, port=port, database_url=db, log_level=log_level, announce=console.print)
+    try:
+        run_server(host=host, port=port, database_url=db, log_level=log_level, announce=console.print)
+    except DatabaseURLError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -137,9 +141,12 @@ def demo(
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Keep serving after the fleet finishes.")] = True,
 ) -> None:
     """Start the server and a SIMULATED agent fleet (scripted fake model, real tools, a SQLite CRM)."""
-    from proctor.demo.run import run_demo
+    from proctor.demo.run import DemoError, run_demo
 
-    run_demo(port=port, database_url=db, runs=runs, serve_after=serve_after, console=console)
+    try:
+        run_demo(port=port, database_url=db, runs=runs, serve_after=serve_after, console=console)
+    except DemoError as exc:
+        _fail(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +190,7 @@ def traces_ls(
     if not doc["traces"]:
         console.print("no traces match" + ("" if any(params.values()) else " (send some with `proctor demo`)"))
         return
-    console.print(traces_table(doc))
+    console.print(traces_table(doc, console.width))
     if doc.get("next_cursor"):
         console.print(f"[dim]more: proctor traces ls --cursor {doc['next_cursor']} (same filters)[/]")
 
@@ -278,7 +285,7 @@ def sessions_show(
         f"[bold]session {session_id}[/] · {doc['trace_count']} traces · ${doc['cost_usd']:.4f} · "
         f"{doc['error_count']} errors"
     )
-    console.print(traces_table({"traces": doc["traces"]}))
+    console.print(traces_table({"traces": doc["traces"]}, console.width))
 
 
 @app.command()

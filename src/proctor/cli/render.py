@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -31,21 +32,40 @@ def _usd(value: float | None) -> str:
     return f"${value:.4f}" if value < 1 else f"${value:.2f}"
 
 
-def traces_table(doc: dict[str, Any]) -> Table:
-    table = Table(show_lines=False, header_style="bold", pad_edge=False)
-    for col, kw in (
-        ("trace", {"no_wrap": True}), ("started (UTC)", {"no_wrap": True}), ("name", {}), ("agent", {}),
-        ("session", {"no_wrap": True}), ("spans", {"justify": "right"}), ("duration", {"justify": "right"}),
-        ("tokens in/out", {"justify": "right"}), ("cost", {"justify": "right"}), ("status", {}),
-    ):
-        table.add_column(col, **kw)
+def traces_table(doc: dict[str, Any], width: int = 200) -> Table:
+    """The trace list; on narrow terminals the less useful columns go, so the rest stay legible."""
+    wide, medium = width >= 150, width >= 120
+    table = Table(header_style="bold", pad_edge=False, box=box.HEAVY_HEAD if medium else box.SIMPLE_HEAD,
+                  show_edge=medium, collapse_padding=not medium)
+    table.add_column("trace", no_wrap=True)
+    table.add_column("started (UTC)" if wide else "started", no_wrap=True)
+    table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=40 if wide else 28 if medium else 22)
+    if medium:
+        table.add_column("agent", overflow="ellipsis", no_wrap=True, max_width=20)
+    if wide:
+        table.add_column("session", no_wrap=True)
+    table.add_column("spans", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("tokens in/out", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    table.add_column("status" if medium else "", no_wrap=True)
     for t in doc["traces"]:
-        status = Text("error", style="bold red") if t["error_count"] else Text("ok", style="green")
-        table.add_row(
-            t["trace_id"][:12], (t["start_time"] or "")[:19].replace("T", " "), t.get("root_name") or "",
-            t.get("agent_name") or "", (t.get("session_id") or "")[:12], str(t["span_count"]),
-            _ms(t["duration_ms"]), f"{t['input_tokens']}/{t['output_tokens']}", _usd(t["cost_usd"]), status,
-        )
+        if medium:
+            status = Text("error", style="bold red") if t["error_count"] else Text("ok", style="green")
+        else:
+            status = Text("✗", style="bold red") if t["error_count"] else Text("✓", style="green")
+        started = (t["start_time"] or "")[:19].replace("T", " ")
+        row: list[Any] = [t["trace_id"][:12], started if wide else started[11:], t.get("root_name") or ""]
+        if medium:
+            row.append(t.get("agent_name") or "")
+        if wide:
+            row.append((t.get("session_id") or "")[:12])
+        row += [str(t["span_count"]), _ms(t["duration_ms"])]
+        if wide:
+            row.append(f"{t['input_tokens']}/{t['output_tokens']}")
+        row += [_usd(t["cost_usd"]), status]
+        table.add_row(*row)
     return table
 
 

@@ -39,9 +39,9 @@ def _exact(model: str, provider: str | None, inp: int, out: int, cr: int, cw: in
     try:
         usage = Usage(input_tokens=inp, output_tokens=out, cache_read_tokens=cr, cache_write_tokens=cw)
         return float(calc_price(usage, model, provider_id=provider).total_price)
-    except LookupError:
-        return None
-    except Exception:  # a provider id genai-prices does not know, or bad data: price unknown
+    except Exception:
+        # A provider genai-prices does not know (a gateway, a self-hosted proxy): price the
+        # model by its name alone. An unknown model stays unpriced rather than guessed.
         if provider is not None:
             return _exact(model, None, inp, out, cr, cw)
         return None

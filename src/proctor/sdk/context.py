@@ -71,6 +71,16 @@ class SessionStampProcessor(SpanProcessor):
         pass
 
 
+def _tracer() -> trace.Tracer:
+    """The tracer of the provider init() made, so a second init() in one process still works
+    (OpenTelemetry lets a process set its global provider only once); the global one before."""
+    from proctor.sdk import setup  # setup imports this module
+
+    rt = setup._runtime
+    provider = rt.provider if rt is not None else trace.get_tracer_provider()
+    return provider.get_tracer("proctor.sdk")
+
+
 @contextmanager
 def session(
     agent: str | None = None,
@@ -102,7 +112,7 @@ def session(
         if not span:
             yield info
             return
-        tracer = trace.get_tracer("proctor.sdk")
+        tracer = _tracer()
         name = f"invoke_agent {agent}" if agent else "invoke_agent"
         with tracer.start_as_current_span(
             name,

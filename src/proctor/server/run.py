@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import uvicorn
@@ -45,6 +46,12 @@ def start_in_thread(**kwargs) -> tuple[_AnnouncingServer, threading.Thread]:  # 
     server = make_server(**kwargs)
     thread = threading.Thread(target=server.run, name="proctor-server", daemon=True)
     thread.start()
-    if not server.ready.wait(30):
-        raise RuntimeError("proctor server did not start within 30 s")
+    deadline = time.monotonic() + 30
+    while not server.ready.wait(0.05):
+        # uvicorn exits its thread (sys.exit) when it cannot bind: do not wait out the deadline
+        if not thread.is_alive():
+            host, port = server.config.host, server.config.port
+            raise OSError(f"proctor server could not start on {host}:{port} (is the port in use? try --port)")
+        if time.monotonic() > deadline:
+            raise RuntimeError("proctor server did not start within 30 s")
     return server, thread

@@ -1,0 +1,240 @@
+"""``proctor demo``: start the server, run the SIMULATED fleet against it, show where to look.
+
+The fleet reaches the server the way any agent would: the SDK in HTTP mode, OTLP over
+loopback. Spans go into the default database (``--db``, ``PROCTOR_DATABASE_URL`` or
+``.proctor/proctor.db``), so ``proctor traces ls`` works right after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.engine import make_url
+
+import proctor.sdk
+from proctor.demo.crm import CRM
+from proctor.demo.fleet import AGENTS, SEED, Fleet, RunRecord
+from proctor.demo.model import MODELS
+from proctor.store import DatabaseURLError
+from proctor.store import database_url as resolve_database_url
+
+SERVICE_NAME = "proctor-demo-fleet"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says why and what to do."""
+
+
+@dataclass
+class DemoSummary:
+    url: str
+    database_url: str
+    crm_path: str
+    records: list[RunRecord] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def trace_ids(self) -> list[str]:
+        return [t for r in self.records for t in r.trace_ids]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _crm_path(db_url: str, scratch: Path) -> Path:
+    """Beside the SQLite database when there is one (to look at afterwards), else in ``scratch``."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).parent / "demo-crm.db"
+    return scratch / "demo-crm.db"
+
+
+def run_demo(
+    port: int = 7070,
+    database_url: str | None = None,
+    runs: int = 24,
+    serve_after: bool = True,
+    console: Console | None = None,
+) -> DemoSummary:
+    """Serve on 127.0.0.1:``port`` and play ``runs`` simulated agent runs (0: until Ctrl-C)."""
+    console = console or Console()
+    if runs < 0:
+        raise DemoError("--runs takes 0 (keep going) or a positive number")
+    if proctor.sdk.status()["initialized"]:
+        raise DemoError("proctor.init() was already called in this process; run the demo in a process of its own")
+    try:
+        db_url = resolve_database_url(database_url)
+    except DatabaseURLError as exc:
+        raise DemoError(str(exc)) from exc
+    if not _port_is_free(port):
+        raise DemoError(
+            f"port {port} on 127.0.0.1 is already in use (another `proctor serve` or demo?); "
+            f"pick a free one with --port, e.g. `proctor demo --port {port + 1}`"
+        )
+
+    from proctor.server.run import start_in_thread
+
+    try:
+        server, thread = start_in_thread(host="127.0.0.1", port=port, database_url=database_url)
+    except OSError as exc:  # lost a race for the port after the check above
+        raise DemoError(str(exc)) from exc
+    url = f"http://127.0.0.1:{port}"
+    scratch = tempfile.TemporaryDirectory(prefix="proctor-demo-")
+    crm: CRM | None = None
+    summary = DemoSummary(url, db_url, "")
+    try:
+        crm = CRM(_crm_path(db_url, Path(scratch.name)))
+        summary.crm_path = str(crm.path)
+        _print_banner(console, url, db_url, crm.path)
+        # set_global=False: OpenTelemetry lets a process set its global tracer provider once, so
+        # a second demo in the same process (tests) would record into the first, shut-down one.
+        # The fleet gets its tracer from this provider explicitly; tool spans go through the SDK's
+        # recorder, which belongs to this init().
+        provider = proctor.sdk.init(url=url, service_name=SERVICE_NAME, instrument=False,
+                                    spool_dir=Path(scratch.name) / "spool", set_global=False)
+        fleet = Fleet(crm, seed=SEED, tracer=provider.get_tracer("proctor.demo"))
+        started_ns = time.time_ns()
+        summary.interrupted = _simulate(fleet, runs, console, summary.records)
+        proctor.sdk.flush()
+        _print_summary(console, summary, database_url, started_ns)
+        if serve_after and not summary.interrupted:
+            console.print(f"\n[bold]Serving on {url}[/] — press Ctrl-C to stop.")
+            try:
+                while thread.is_alive():
+                    thread.join(0.5)
+            except KeyboardInterrupt:
+                console.print("stopping")
+        return summary
+    finally:
+        proctor.sdk.shutdown()
+        server.should_exit = True
+        thread.join(10)
+        if crm is not None:
+            crm.close()
+        scratch.cleanup()
+
+
+def _print_banner(console: Console, url: str, db_url: str, crm_path: Path) -> None:
+    priced = " and ".join(MODELS)
+    agents = ", ".join(f"{a.name} {a.version}" for a in AGENTS)
+    console.print(Panel(
+        "[bold]This is a SIMULATED agent fleet.[/] The model is a scripted fake: no LLM is called and "
+        "nothing leaves this machine. Token counts are estimated from the messages; costs are what those "
+        f"tokens would cost on {priced} (genai-prices). The tools are real functions over a demo SQLite "
+        f"CRM ({crm_path}).\n"
+        f"Agents: {agents}. Every span carries [bold]proctor.simulated = true[/]; "
+        f"service.name = {SERVICE_NAME}.",
+        title="proctor demo", title_align="left", border_style="yellow",
+    ))
+    table = Table.grid(padding=(0, 2))
+    table.add_row("Proctor server", f"[bold]{url}[/]")
+    table.add_row("REST API", f"{url}/api/traces")
+    table.add_row("OpenAPI", f"{url}/docs")
+    table.add_row("OTLP/HTTP in", f"{url}/v1/traces")
+    table.add_row("database", make_url(db_url).render_as_string(hide_password=True))
+    console.print(table)
+
+
+def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord]) -> bool:
+    """Play the runs; True when Ctrl-C stopped them early."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("simulating runs", total=runs or None)
+        try:
+            for _ in itertools.count() if runs == 0 else range(runs):
+                record = fleet.run_next()
+                records.append(record)
+                progress.console.print(_run_row(record, console.width))
+                progress.advance(task)
+        except KeyboardInterrupt:
+            progress.console.print("[yellow]interrupted: stopping the fleet[/]")
+            return True
+    return False
+
+
+def _run_row(r: RunRecord, width: int) -> RenderableType:
+    """One finished run in fixed-width columns; what the run was about only when there is room."""
+    mark = "[bold red]✗[/]" if r.error else ("[yellow]![/]" if r.tool_errors else "[green]✓[/]")
+    n = len(r.trace_ids)
+    outcome = f"{n} trace{'s' * (n != 1)}"
+    if r.tool_errors:
+        outcome += f" · [yellow]{r.tool_errors} tool error{'s' * (r.tool_errors != 1)}[/]"
+    row = Table.grid(padding=(0, 1))
+    row.add_column(width=1)
+    row.add_column(width=3, no_wrap=True)
+    row.add_column(width=25, no_wrap=True)
+    row.add_column(width=22, no_wrap=True)
+    row.add_column(width=24, no_wrap=True)
+    cells = [mark, f"#{r.index}", f"{r.agent} {r.version}", r.scenario, outcome]
+    if width >= 110:
+        row.add_column(style="dim")
+        cells.append(r.note)
+    row.add_row(*cells)
+    if not r.error:
+        return row
+    return Group(row, Padding(Text(f"└ {r.error}", style="red"), (0, 0, 0, 6)))
+
+
+def _print_summary(console: Console, summary: DemoSummary, database_url: str | None, started_ns: int) -> None:
+    records = summary.records
+    if not records:
+        console.print("no runs finished")
+        return
+    try:
+        stats = httpx.get(f"{summary.url}/api/stats", params={"since": str(started_ns), "service": SERVICE_NAME},
+                          timeout=10).raise_for_status().json()
+        console.print(
+            f"\n[bold]{stats['traces']} traces[/] from {len(records)} runs · {stats['spans']} spans · "
+            f"{stats['errors']} failed spans · {stats['input_tokens']}/{stats['output_tokens']} tokens · "
+            f"${stats['cost_usd']:.4f} (simulated) · in {summary.database_url}"
+        )
+    except httpx.HTTPError as exc:  # the summary is a courtesy; the data is in the database either way
+        console.print(f"\n[bold]{len(summary.trace_ids)} traces[/] from {len(records)} runs "
+                      f"(could not read statistics: {exc})")
+
+    db = f" --db {shlex.quote(database_url)}" if database_url else ""
+    show = next((r for r in records if r.scenario == "refund_damaged_item" and r.trace_ids), records[0])
+    failed = next((r for r in records if r.error), None)
+    chat = next((r for r in records if len(r.trace_ids) > 1), None)
+    examples = [
+        (f"proctor traces ls{db}", "newest traces"),
+        (f"proctor traces show {show.trace_ids[0][:12]}{db}" if show.trace_ids else "", "one run as a tree"),
+        (f"proctor traces ls --status error{db}", "runs with a failed step"),
+        (f"proctor traces show {failed.trace_ids[0][:12]}{db}" if failed and failed.trace_ids else "",
+         "an agent that gave up"),
+        (f"proctor sessions show {chat.session_id}{db}" if chat else "", "a multi-turn conversation"),
+        (f"proctor stats{db}", "cost, tokens, latency by agent and tool"),
+        (f"curl {summary.url}/api/traces", "the same data as JSON"),
+    ]
+    console.print("\nTry:")
+    for cmd, what in examples:
+        if cmd:
+            console.print(f"  [bold cyan]{cmd}[/]  [dim]# {what}[/]", highlight=False, soft_wrap=True)
