@@ -179,3 +179,10 @@ def test_malformed_values_do_not_break_normalization() -> None:
 def test_the_mapping_document_matches_the_mapping_table() -> None:
     doc = Path(__file__).parents[1] / "docs" / "conventions.md"
     assert doc.read_text() == render_markdown(), "run: python -m proctor.semconv.mapping > docs/conventions.md"
+
+
+def test_a_provider_genai_prices_does_not_know_is_priced_by_the_model_name() -> None:
+    s = normalize(_span({"gen_ai.operation.name": "chat", "gen_ai.provider.name": "my-gateway",
+                         "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 1000}))
+    CostProcessor().process([s])
+    assert s.cost_usd is not None and s.cost_usd > 0

@@ -255,3 +255,28 @@ def test_init_enables_an_installed_instrumentor_and_its_llm_spans_join_the_sessi
     assert (llm["model"], llm["input_tokens"], llm["output_tokens"]) == ("gpt-4o-mini", 42, 17)
     assert llm["session_id"] == "sess-inst" and llm["agent_name"] == "weather"
     assert llm["tool_calls"][0]["id"] == "call_weather_1"
+
+
+def test_the_sdk_can_be_shut_down_and_initialised_again_in_one_process(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import proctor, proctor.sdk, sqlite3
+
+        @proctor.tool
+        def step(i): return i
+
+        for n in range(2):
+            proctor.init(database_url="sqlite:///{tmp_path}/run%d.db" % n, instrument=False)
+            with proctor.session(agent="agent-%d" % n):
+                step(n)
+            proctor.sdk.shutdown()
+            rows = sqlite3.connect("{tmp_path}/run%d.db" % n).execute(
+                "select name, parent_span_id is null from spans order by start_ns").fetchall()
+            print(rows)
+        """
+    )
+    proc = run_agent(code, {"PROCTOR_URL": ""}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.strip().splitlines()
+    assert first == "[('invoke_agent agent-0', 1), ('execute_tool step', 0)]"
+    assert second == "[('invoke_agent agent-1', 1), ('execute_tool step', 0)]"
