@@ -280,3 +280,27 @@ def test_the_sdk_can_be_shut_down_and_initialised_again_in_one_process(tmp_path:
     first, second = proc.stdout.strip().splitlines()
     assert first == "[('invoke_agent agent-0', 1), ('execute_tool step', 0)]"
     assert second == "[('invoke_agent agent-1', 1), ('execute_tool step', 0)]"
+
+
+def test_when_the_exporter_cannot_keep_up_the_recorder_drops_the_oldest_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from proctor.sdk.recorder import SpanRecorder
+
+    class SlowSink:
+        def __init__(self) -> None:
+            self.bodies: list[bytes] = []
+
+        def export_encoded(self, body: bytes) -> None:
+            self.bodies.append(body)
+
+    sink = SlowSink()
+    rec = SpanRecorder(sink, {"service.name": "t"}, max_queue=100, batch_size=10**9, delay_s=3600)
+    for i in range(250):
+        rec.record((1, i + 1, 0, "step", 1, 2, {"i": i}, None))
+    with caplog.at_level(logging.WARNING, logger="proctor.sdk"):
+        assert rec.flush(5)
+    rec.shutdown(1)
+    assert rec.dropped == 150
+    assert "150 span(s) dropped" in caplog.text
+    assert sink.bodies  # the newest 100 were exported

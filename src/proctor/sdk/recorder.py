@@ -93,6 +93,8 @@ class SpanRecorder:
         self.batch_size = batch_size
         self.delay_s = delay_s
         self._queue: collections.deque[Record] = collections.deque(maxlen=max_queue)
+        self.dropped = 0
+        self._reported_dropped = 0
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -101,9 +103,15 @@ class SpanRecorder:
         self._thread.start()
 
     def record(self, rec: Record) -> None:
-        """Called on the agent's thread: one deque append (thread-safe, never blocks)."""
-        self._queue.append(rec)
-        if len(self._queue) >= self.batch_size:
+        """Called on the agent's thread: one deque append (thread-safe, never blocks).
+
+        When the queue is full (the exporter cannot keep up) the oldest record is dropped
+        and counted; the worker logs the count."""
+        queue = self._queue
+        if len(queue) == queue.maxlen:
+            self.dropped += 1  # an unlocked count: exact enough for a warning
+        queue.append(rec)
+        if len(queue) >= self.batch_size:
             self._wake.set()
 
     def _drain(self) -> None:
@@ -126,6 +134,9 @@ class SpanRecorder:
             self._wake.clear()
             self._idle.clear()
             self._drain()
+            if self.dropped > self._reported_dropped:
+                log.warning("proctor recorder queue full: %d span(s) dropped so far", self.dropped)
+                self._reported_dropped = self.dropped
             self._idle.set()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
