@@ -134,6 +134,7 @@ def decode_protobuf(body: bytes, limits: DecodeLimits | None = None) -> DecodedB
                     out.rejected.append(f"span {sid or '?'} ({ps.name!r}): {reason}")
                     continue
                 st = ps.status
+                events, links = ps.events, ps.links
                 out.spans.append(
                     Span(
                         trace_id=tid,
@@ -151,16 +152,16 @@ def decode_protobuf(body: bytes, limits: DecodeLimits | None = None) -> DecodedB
                         resource=resource,
                         events=[
                             {"name": e.name, "time_ns": e.time_unix_nano, "attributes": _pb_attrs(e.attributes, ctx)}
-                            for e in ps.events
-                        ],
+                            for e in events
+                        ] if events else [],
                         links=[
                             {
                                 "trace_id": ln.trace_id.hex(),
                                 "span_id": ln.span_id.hex(),
                                 "attributes": _pb_attrs(ln.attributes, ctx),
                             }
-                            for ln in ps.links
-                        ],
+                            for ln in links
+                        ] if links else [],
                     )
                 )
     out.truncated_values = ctx.truncated

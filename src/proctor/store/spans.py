@@ -39,8 +39,20 @@ def _json(value: Any) -> str:
     return _dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
-def span_row(s: Span, ingested_ns: int) -> tuple[Any, ...]:
-    """The row tuple for ``s``, in ``SPAN_COLUMNS`` order."""
+def span_row(s: Span, ingested_ns: int, resource_json: dict[int, str] | None = None) -> tuple[Any, ...]:
+    """The row tuple for ``s``, in ``SPAN_COLUMNS`` order.
+
+    ``resource_json`` caches the serialized resource by identity: every span of one OTLP
+    ResourceSpans shares the same dict, and serializing it once per batch instead of once
+    per span is a measurable share of the write path.
+    """
+    res = s.resource
+    if resource_json is None:
+        res_text = _json(res)
+    else:
+        res_text = resource_json.get(id(res))  # type: ignore[assignment]
+        if res_text is None:
+            res_text = resource_json[id(res)] = _json(res)
     return (
         s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.otel_kind, s.start_ns, s.end_ns,
         s.end_ns - s.start_ns, s.status, s.status_message, s.service_name, s.scope_name, s.dialect,
@@ -51,7 +63,8 @@ def span_row(s: Span, ingested_ns: int) -> tuple[Any, ...]:
         _json([{"id": c.id, "name": c.name, "arguments": c.arguments} for c in s.tool_calls])
         if s.tool_calls else None,
         s.input_value, s.output_value, s.error_type, s.error_message,
-        _json(s.attributes), _json(s.resource), _json(s.events), _json(s.links), ingested_ns,
+        _json(s.attributes), res_text, _json(s.events) if s.events else "[]",
+        _json(s.links) if s.links else "[]", ingested_ns,
     )
 
 
@@ -198,7 +211,8 @@ def write_spans(conn: Connection, batch: Sequence[Span], sql: dict[str, str]) ->
     if not batch:
         return WriteResult(0, 0)
     now = _ingest_stamp()
-    cur = conn.exec_driver_sql(sql["insert_spans"], [span_row(s, now) for s in batch])
+    resources: dict[int, str] = {}
+    cur = conn.exec_driver_sql(sql["insert_spans"], [span_row(s, now, resources) for s in batch])
     inserted = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else -1
     if inserted == len(batch):
         fresh: Sequence[Span] = batch

@@ -63,12 +63,9 @@ def upgrade() -> None:
         sa.Column("ingested_ns", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("trace_id", "span_id", name="pk_spans"),
     )
-    op.create_index("ix_spans_start", "spans", ["start_ns"])
-    op.create_index("ix_spans_session", "spans", ["session_id", "start_ns"])
     op.create_index("ix_spans_agent", "spans", ["agent_name", "trace_id"])
     op.create_index("ix_spans_model", "spans", ["model", "trace_id"])
     op.create_index("ix_spans_tool", "spans", ["tool_name", "trace_id"])
-    op.create_index("ix_spans_tool_call", "spans", ["tool_call_id"])
     op.create_index("ix_spans_ingested", "spans", ["ingested_ns"])
 
     op.create_table(
