@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, exists, func, literal, or_, select
+from sqlalchemy import Connection, Engine, and_, case, exists, func, or_, select
 
 from proctor.core import Span, SpanKind, SpanStatus
 from proctor.store.schema import spans as spans_t
@@ -450,10 +450,17 @@ class SpanStore:
             return [_row_dict(r) for r in conn.execute(q)]
 
     def stats(self, flt: TraceFilter | None = None) -> dict[str, Any]:
-        """Counts, cost, tokens and duration percentiles, overall, by agent and by tool."""
+        """Counts, cost, tokens and duration percentiles, overall, by agent and by tool.
+
+        Sums and counts are computed by the database (GROUP BY); each percentile is one
+        ORDER BY ... OFFSET query, so nothing proportional to the data is pulled into Python.
+        """
         flt = flt or TraceFilter()
         t, s = traces_t.c, spans_t.c
-        in_scope = select(t.trace_id).where(*flt.clauses())
+        clauses = flt.clauses()
+        tool_scope = [s.kind == "tool", s.tool_name.is_not(None)]
+        if clauses:
+            tool_scope.append(s.trace_id.in_(select(t.trace_id).where(*clauses)))
         with self.engine.connect() as conn:
             total = conn.execute(
                 select(
@@ -463,26 +470,31 @@ class SpanStore:
                     func.coalesce(func.sum(t.cost_usd), 0.0).label("cost_usd"),
                     func.coalesce(func.sum(t.input_tokens), 0).label("input_tokens"),
                     func.coalesce(func.sum(t.output_tokens), 0).label("output_tokens"),
-                ).where(*flt.clauses())
+                ).where(*clauses)
             ).one()
-            trace_durations = sorted(
-                r[0] for r in conn.execute(select(t.duration_ns).where(*flt.clauses()))
-            )
-            by_agent = self._grouped(
-                conn,
+            overall = _percentiles_sql(conn, t.duration_ns, clauses, total.traces)
+            by_agent = []
+            for r in conn.execute(
                 select(
-                    t.agent_name.label("key"), t.duration_ns, t.cost_usd, t.input_tokens, t.output_tokens,
-                    t.error_count, literal(1).label("n"),
-                ).where(t.agent_name.is_not(None), *flt.clauses()),
-            )
-            by_tool = self._grouped(
-                conn,
+                    t.agent_name, func.count().label("n"),
+                    func.sum(case((t.error_count > 0, 1), else_=0)).label("errors"),
+                    func.sum(t.cost_usd).label("cost"), func.sum(t.input_tokens).label("tin"),
+                    func.sum(t.output_tokens).label("tout"),
+                ).where(t.agent_name.is_not(None), *clauses).group_by(t.agent_name)
+            ):
+                by_agent.append(_group(r.agent_name, r.n, r.errors, r.cost, r.tin, r.tout, _percentiles_sql(
+                    conn, t.duration_ns, [t.agent_name == r.agent_name, *clauses], r.n)))
+            by_tool = []
+            for r in conn.execute(
                 select(
-                    s.tool_name.label("key"), s.duration_ns, literal(0.0).label("cost_usd"),
-                    literal(0).label("input_tokens"), literal(0).label("output_tokens"),
-                    (s.status == "error").label("error_count"), literal(1).label("n"),
-                ).where(s.kind == "tool", s.tool_name.is_not(None), s.trace_id.in_(in_scope)),
-            )
+                    s.tool_name, func.count().label("n"),
+                    func.sum(case((s.status == "error", 1), else_=0)).label("errors"),
+                ).where(*tool_scope).group_by(s.tool_name)
+            ):
+                by_tool.append(_group(r.tool_name, r.n, r.errors, 0.0, 0, 0, _percentiles_sql(
+                    conn, s.duration_ns, [s.tool_name == r.tool_name, *tool_scope], r.n)))
+        by_agent.sort(key=lambda g: (-g["count"], g["name"]))
+        by_tool.sort(key=lambda g: (-g["count"], g["name"]))
         return {
             "traces": total.traces,
             "spans": int(total.spans),
@@ -490,42 +502,27 @@ class SpanStore:
             "cost_usd": float(total.cost_usd),
             "input_tokens": int(total.input_tokens),
             "output_tokens": int(total.output_tokens),
-            "duration_ms": _percentiles(trace_durations),
+            "duration_ms": overall,
             "by_agent": by_agent,
             "by_tool": by_tool,
         }
 
-    @staticmethod
-    def _grouped(conn: Connection, q: Any) -> list[dict[str, Any]]:
-        groups: dict[str, dict[str, Any]] = {}
-        for r in conn.execute(q):
-            g = groups.get(r.key)
-            if g is None:
-                g = groups[r.key] = {
-                    "name": r.key, "count": 0, "errors": 0, "cost_usd": 0.0,
-                    "input_tokens": 0, "output_tokens": 0, "_d": [],
-                }
-            g["count"] += 1
-            g["errors"] += int(r.error_count or 0) and 1
-            g["cost_usd"] += float(r.cost_usd or 0.0)
-            g["input_tokens"] += int(r.input_tokens or 0)
-            g["output_tokens"] += int(r.output_tokens or 0)
-            g["_d"].append(r.duration_ns)
-        out = []
-        for g in groups.values():
-            g["duration_ms"] = _percentiles(sorted(g.pop("_d")))
-            out.append(g)
-        out.sort(key=lambda g: (-g["count"], g["name"]))
-        return out
+
+def _group(name: str, n: int, errors: Any, cost: Any, tin: Any, tout: Any, pct: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name, "count": int(n), "errors": int(errors or 0), "cost_usd": float(cost or 0.0),
+        "input_tokens": int(tin or 0), "output_tokens": int(tout or 0), "duration_ms": pct,
+    }
 
 
-def _percentiles(sorted_ns: list[int]) -> dict[str, float | None]:
-    if not sorted_ns:
+def _percentiles_sql(conn: Connection, column: Any, where: list[Any], n: int) -> dict[str, float | None]:
+    """Nearest-rank p50/p95 and the max of ``column`` over ``n`` rows matching ``where``:
+    always an observed value, no interpolation; one indexed ORDER BY ... OFFSET query each."""
+    if not n:
         return {"p50": None, "p95": None, "max": None}
 
-    def pick(q: float) -> float:
-        # nearest-rank percentile: always an observed value, no interpolation
-        idx = max(0, math.ceil(q * len(sorted_ns)) - 1)
-        return sorted_ns[idx] / 1e6
+    def at(rank: int) -> float:
+        q = select(column).where(*where).order_by(column).offset(rank).limit(1)
+        return conn.execute(q).scalar_one() / 1e6
 
-    return {"p50": pick(0.50), "p95": pick(0.95), "max": sorted_ns[-1] / 1e6}
+    return {"p50": at(max(0, math.ceil(0.50 * n) - 1)), "p95": at(max(0, math.ceil(0.95 * n) - 1)), "max": at(n - 1)}
