@@ -7,7 +7,6 @@ Commands that read traces work on the local database by default (``--db``,
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -319,7 +318,10 @@ def version() -> None:
 
 
 def main() -> None:  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    # Line-buffer stdout even when it is a pipe or a file (`make demo | tee`), so the URL and
+    # progress show up as they happen, not when the process exits.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     app()
 
 
