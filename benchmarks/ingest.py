@@ -45,7 +45,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Status
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
@@ -60,6 +60,7 @@ from _common import (
     postgres_cpu_seconds,
     system_busy_seconds,
 )
+from proctor.semconv import encode_attributes, encode_value
 
 PROTOBUF = "application/x-protobuf"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -120,20 +121,7 @@ _MODELS = (
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def _any(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, list | tuple):
-        return AnyValue(array_value=ArrayValue(values=[_any(v) for v in value]))
-    return AnyValue(string_value=str(value))
-
-
-def _attrs(d: dict[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=k, value=_any(v)) for k, v in d.items()]
+_attrs = encode_attributes
 
 
 def _dumps(doc: Any) -> str:
@@ -461,7 +449,7 @@ class TraceFactory:
                 )
                 if failed:
                     tattrs["error.type"] = "TimeoutError"
-                    span.attributes.append(KeyValue(key="error.type", value=_any("TimeoutError")))
+                    span.attributes.append(KeyValue(key="error.type", value=encode_value("TimeoutError")))
                     span.status.code = Status.STATUS_CODE_ERROR
                     span.status.message = "TimeoutError: upstream timeout after 10s"
                     span.events.add(time_unix_nano=t_end, name="exception", attributes=_attrs({

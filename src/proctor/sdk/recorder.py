@@ -19,9 +19,11 @@ import time
 from typing import Any, Protocol
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from proctor.semconv import encode_attributes, encode_value
 
 log = logging.getLogger("proctor.sdk")
 
@@ -32,18 +34,6 @@ Record = tuple[int, int, int, str, int, int, dict[str, Any], tuple[str, str] | N
 
 class EncodedSink(Protocol):
     def export_encoded(self, body: bytes) -> None: ...
-
-
-def _value(v: Any) -> AnyValue:
-    if isinstance(v, str):
-        return AnyValue(string_value=v)
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    return AnyValue(string_value=str(v))
 
 
 def encode(records: list[Record], resource: dict[str, Any], scope: str = "proctor.sdk") -> bytes:
@@ -57,7 +47,7 @@ def encode(records: list[Record], resource: dict[str, Any], scope: str = "procto
             kind=Span.SPAN_KIND_INTERNAL,
             start_time_unix_nano=start,
             end_time_unix_nano=end,
-            attributes=[KeyValue(key=k, value=_value(v)) for k, v in attrs.items()],
+            attributes=encode_attributes(attrs),
         )
         if error is None:
             s.status.CopyFrom(Status(code=Status.STATUS_CODE_OK))
@@ -68,14 +58,14 @@ def encode(records: list[Record], resource: dict[str, Any], scope: str = "procto
             ev.name = "exception"
             ev.time_unix_nano = end
             ev.attributes.extend(
-                [KeyValue(key="exception.type", value=_value(etype)),
-                 KeyValue(key="exception.message", value=_value(emsg))]
+                [KeyValue(key="exception.type", value=encode_value(etype)),
+                 KeyValue(key="exception.message", value=encode_value(emsg))]
             )
         spans.append(s)
     req = ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(
-                resource=Resource(attributes=[KeyValue(key=k, value=_value(v)) for k, v in resource.items()]),
+                resource=Resource(attributes=encode_attributes(resource)),
                 scope_spans=[ScopeSpans(scope=InstrumentationScope(name=scope), spans=spans)],
             )
         ]

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
 from proctor.core import Span, SpanStatus
 
@@ -87,6 +88,29 @@ def _iso(ns: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # protobuf
+
+
+def encode_value(v: Any) -> AnyValue:
+    """A Python value as an OTLP AnyValue (the inverse of decoding; dicts become kvlists)."""
+    if isinstance(v, str):
+        return AnyValue(string_value=v)
+    if isinstance(v, bool):
+        return AnyValue(bool_value=v)
+    if isinstance(v, int):
+        return AnyValue(int_value=v)
+    if isinstance(v, float):
+        return AnyValue(double_value=v)
+    if isinstance(v, list | tuple):
+        return AnyValue(array_value=ArrayValue(values=[encode_value(x) for x in v]))
+    if isinstance(v, dict):
+        return AnyValue(kvlist_value=KeyValueList(values=encode_attributes(v)))
+    if isinstance(v, bytes):
+        return AnyValue(bytes_value=v)
+    return AnyValue(string_value=str(v))
+
+
+def encode_attributes(attrs: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=encode_value(v)) for k, v in attrs.items()]
 
 
 def _pb_value(v: Any, ctx: _Ctx) -> Any:
