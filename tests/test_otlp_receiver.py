@@ -165,3 +165,15 @@ def test_resending_a_batch_is_idempotent(client: TestClient) -> None:
         assert client.post("/v1/traces", content=request(spans), headers=PB).status_code == 200
     t = client.get(f"/api/traces/{tid.hex()}").json()["trace"]
     assert t["span_count"] == 4 and t["input_tokens"] == 300
+
+
+def test_nul_characters_are_stored_on_every_engine_not_refused_forever(client: TestClient) -> None:
+    """PostgreSQL text cannot hold NUL; a span carrying one must still be stored (a 503 would
+    make every exporter retry it forever)."""
+    tid, sid = new_trace_id(), new_span_id()
+    s = span("bad\x00name", tid, sid, attrs={"gen_ai.tool.name": "t\x00x", "k": "v\x00"})
+    r = client.post("/v1/traces", content=request([s]), headers=PB)
+    assert r.status_code == 200, r.content
+    got = client.get(f"/api/spans/{sid.hex()}").json()
+    assert got["attributes"]["k"] == "v\x00"  # the raw attributes keep it (JSON-escaped)
+    assert got["name"] in ("bad\x00name", "bad\ufffdname")  # PostgreSQL gets U+FFFD in plain columns

@@ -18,6 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceResponse,
 )
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -129,6 +130,9 @@ def make_receiver(pipeline: Pipeline, limits: ReceiverLimits | None = None):  # 
             return _error(ctype, 400, 3, str(exc))
         try:
             await asyncio.wrap_future(fut)
+        except (DataError, IntegrityError) as exc:
+            # The data itself was refused: retrying would fail forever, so say so (not retryable).
+            return _error(ctype, 400, 3, f"the batch could not be stored: {exc.orig!s}"[:2000])
         except Exception:
             log.exception("OTLP batch could not be stored")
             # 503 is retryable per OTLP: the client keeps the batch and sends it again.

@@ -39,6 +39,13 @@ def _json(value: Any) -> str:
     return _dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
 
+def _no_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """PostgreSQL text cannot hold NUL characters. Replace them (U+FFFD) in the plain text
+    columns; the raw attributes keep them, JSON-escaped. Used only after PostgreSQL refused a
+    batch, so the common path pays nothing."""
+    return tuple(v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v for v in row)
+
+
 def span_row(s: Span, ingested_ns: int, resource_json: dict[int, str] | None = None) -> tuple[Any, ...]:
     """The row tuple for ``s``, in ``SPAN_COLUMNS`` order.
 
@@ -200,7 +207,9 @@ def _ingest_stamp() -> int:
         return now
 
 
-def write_spans(conn: Connection, batch: Sequence[Span], sql: dict[str, str]) -> WriteResult:
+def write_spans(
+    conn: Connection, batch: Sequence[Span], sql: dict[str, str], *, strip_nul: bool = False
+) -> WriteResult:
     """Insert ``batch`` and fold it into the trace aggregates, inside the caller's transaction.
 
     Idempotent on (trace_id, span_id): a span already stored is skipped. Every row of one call
@@ -212,7 +221,10 @@ def write_spans(conn: Connection, batch: Sequence[Span], sql: dict[str, str]) ->
         return WriteResult(0, 0)
     now = _ingest_stamp()
     resources: dict[int, str] = {}
-    cur = conn.exec_driver_sql(sql["insert_spans"], [span_row(s, now, resources) for s in batch])
+    rows = [span_row(s, now, resources) for s in batch]
+    if strip_nul:
+        rows = [_no_nul(r) for r in rows]
+    cur = conn.exec_driver_sql(sql["insert_spans"], rows)
     inserted = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else -1
     if inserted == len(batch):
         fresh: Sequence[Span] = batch
@@ -233,7 +245,10 @@ def write_spans(conn: Connection, batch: Sequence[Span], sql: dict[str, str]) ->
         fresh = kept
         inserted = len(fresh)
     if fresh:
-        conn.exec_driver_sql(sql["merge_traces"], [a.row(now) for a in aggregate_traces(fresh).values()])
+        trace_rows = [a.row(now) for a in aggregate_traces(fresh).values()]
+        if strip_nul:
+            trace_rows = [_no_nul(r) for r in trace_rows]
+        conn.exec_driver_sql(sql["merge_traces"], trace_rows)
     return WriteResult(inserted, len(batch) - inserted)
 
 

@@ -80,18 +80,22 @@ class BatchWriter:
             if stop:
                 return
 
-    def _commit(self, group: list[tuple[Sequence[Span], Future[WriteResult]]]) -> None:
+    def _commit(self, group: list[tuple[Sequence[Span], Future[WriteResult]]], *, strip_nul: bool = False) -> None:
         try:
             results = []
             with self.store.engine.begin() as conn:
                 for batch, _ in group:
-                    results.append(write_spans(conn, batch, self.store.sql))
+                    results.append(write_spans(conn, batch, self.store.sql, strip_nul=strip_nul))
             self.commits += 1
         except Exception as exc:
             if len(group) > 1:
                 # One bad batch must not fail the others: retry each in its own transaction.
                 for one in group:
-                    self._commit([one])
+                    self._commit([one], strip_nul=strip_nul)
+                return
+            if not strip_nul and "NUL" in str(exc):
+                # PostgreSQL refuses NUL characters in text; SQLite takes them.
+                self._commit(group, strip_nul=True)
                 return
             log.exception("span batch write failed")
             group[0][1].set_exception(exc)
