@@ -177,3 +177,18 @@ def test_nul_characters_are_stored_on_every_engine_not_refused_forever(client: T
     got = client.get(f"/api/spans/{sid.hex()}").json()
     assert got["attributes"]["k"] == "v\x00"  # the raw attributes keep it (JSON-escaped)
     assert got["name"] in ("bad\x00name", "bad\ufffdname")  # PostgreSQL gets U+FFFD in plain columns
+
+
+def test_absurdly_nested_json_values_are_cut_with_a_marker_and_the_span_stored(client: TestClient) -> None:
+    inner = '{"stringValue":"x"}'
+    deep = '{"arrayValue":{"values":[' * 300 + inner + "]}}" * 300
+    body = _otlp_json("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174").replace(
+        b'"attributes":[{"key":"gen_ai.operation.name"',
+        b'"attributes":[{"key":"deep","value":' + deep.encode() + b'},{"key":"gen_ai.operation.name"', 1
+    )
+    r = client.post("/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    value = client.get("/api/spans/eee19b7ec3c1b174").json()["attributes"]["deep"]
+    for _ in range(64):
+        value = value[0]
+    assert value == "…[nested deeper than 64 levels, cut by proctor]"

@@ -237,28 +237,40 @@ def _json_int(value: Any) -> int:
     return int(value)
 
 
-def _json_value(v: Any, ctx: _Ctx) -> Any:
+# Nested arrays/maps deeper than this are cut with a marker: the stored JSON must stay within
+# what the JSON encoder accepts (orjson: 255 levels). Protobuf bodies cannot get this deep
+# (upb's parser stops at 100 message levels).
+MAX_VALUE_DEPTH = 64
+_TOO_DEEP = "…[nested deeper than 64 levels, cut by proctor]"
+
+
+def _json_value(v: Any, ctx: _Ctx, depth: int = 0) -> Any:
     if not isinstance(v, dict):
         return v  # tolerate producers that send bare values
     for key, conv in _JSON_VALUE_KINDS:
         if key in v:
-            return conv(v[key], ctx)
+            return conv(v[key], ctx, depth) if conv in _NESTED else conv(v[key], ctx)
     return None
 
 
-def _json_array(a: Any, ctx: _Ctx) -> list[Any]:
-    return [_json_value(x, ctx) for x in (a or {}).get("values", [])]
+def _json_array(a: Any, ctx: _Ctx, depth: int = 0) -> Any:
+    if depth >= MAX_VALUE_DEPTH:
+        return _TOO_DEEP
+    return [_json_value(x, ctx, depth + 1) for x in (a or {}).get("values", [])]
 
 
-def _json_kvlist(a: Any, ctx: _Ctx) -> dict[str, Any]:
-    return _json_attrs((a or {}).get("values", []), ctx)
+def _json_kvlist(a: Any, ctx: _Ctx, depth: int = 0) -> Any:
+    if depth >= MAX_VALUE_DEPTH:
+        return _TOO_DEEP
+    return {kv["key"]: _json_value(kv.get("value"), ctx, depth + 1) for kv in (a or {}).get("values", [])}
 
 
 def _json_str(s: Any, ctx: _Ctx) -> Any:
     return ctx.clip(s) if isinstance(s, str) and len(s) > ctx.limit else s
 
 
-_JSON_VALUE_KINDS: tuple[tuple[str, Callable[[Any, _Ctx], Any]], ...] = (
+_NESTED: frozenset[Callable[..., Any]] = frozenset({_json_array, _json_kvlist})
+_JSON_VALUE_KINDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("stringValue", _json_str),
     ("string_value", _json_str),
     ("intValue", lambda x, _c: int(x)),
