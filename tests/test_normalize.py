@@ -186,3 +186,11 @@ def test_a_provider_genai_prices_does_not_know_is_priced_by_the_model_name() -> 
                          "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 1000}))
     CostProcessor().process([s])
     assert s.cost_usd is not None and s.cost_usd > 0
+
+
+@pytest.mark.parametrize("cost", ["nan", "inf", -1.0, "12x"])
+def test_a_cost_that_is_not_a_price_is_ignored_and_recomputed(cost: object) -> None:
+    s = normalize(_span({"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                         "gen_ai.usage.input_tokens": 1000, "gen_ai.usage.cost": cost}))
+    CostProcessor().process([s])
+    assert s.cost_source == "genai-prices" and s.cost_usd is not None and s.cost_usd > 0

@@ -192,3 +192,14 @@ def test_absurdly_nested_json_values_are_cut_with_a_marker_and_the_span_stored(c
     for _ in range(64):
         value = value[0]
     assert value == "…[nested deeper than 64 levels, cut by proctor]"
+
+
+def test_an_integer_beyond_64_bits_is_kept_as_text(client: TestClient) -> None:
+    body = _otlp_json("5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174").replace(
+        b'{"intValue":"1000"}', b'{"intValue":"123456789012345678901234567890"}', 1
+    )
+    r = client.post("/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    got = client.get("/api/spans/eee19b7ec3c1b174").json()
+    assert got["attributes"]["gen_ai.usage.input_tokens"] == "123456789012345678901234567890"
+    assert got["input_tokens"] is None  # not a count Proctor can trust

@@ -10,6 +10,7 @@ precomputed key index instead of probing every known key.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -52,23 +53,25 @@ def _as_text(value: Any) -> str | None:
 
 
 def _as_int(value: Any) -> int | None:
+    """A count as a 64-bit integer, or None when it is not one (never a value the store refuses)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
+    if not isinstance(value, int):
+        try:
+            value = int(float(value))
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def _as_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        f = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return f if math.isfinite(f) and f >= 0 else None  # a NaN cost would poison every total
 
 
 def _convert(fld: str, value: Any) -> Any:

@@ -269,12 +269,19 @@ def _json_str(s: Any, ctx: _Ctx) -> Any:
     return ctx.clip(s) if isinstance(s, str) and len(s) > ctx.limit else s
 
 
+def _int64(x: Any) -> int | str:
+    """OTLP intValue is int64; a JSON producer can send more digits. Keep such a value as text
+    rather than fail the batch later (the stored JSON holds 64-bit integers only)."""
+    i = int(x)
+    return i if -(2**63) <= i < 2**63 else str(x)
+
+
 _NESTED: frozenset[Callable[..., Any]] = frozenset({_json_array, _json_kvlist})
 _JSON_VALUE_KINDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("stringValue", _json_str),
     ("string_value", _json_str),
-    ("intValue", lambda x, _c: int(x)),
-    ("int_value", lambda x, _c: int(x)),
+    ("intValue", lambda x, _c: _int64(x)),
+    ("int_value", lambda x, _c: _int64(x)),
     ("boolValue", lambda x, _c: bool(x)),
     ("bool_value", lambda x, _c: bool(x)),
     ("doubleValue", lambda x, _c: float(x)),

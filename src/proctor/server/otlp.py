@@ -130,9 +130,11 @@ def make_receiver(pipeline: Pipeline, limits: ReceiverLimits | None = None):  # 
             return _error(ctype, 400, 3, str(exc))
         try:
             await asyncio.wrap_future(fut)
-        except (DataError, IntegrityError) as exc:
+        except (DataError, IntegrityError, TypeError, ValueError, OverflowError) as exc:
             # The data itself was refused: retrying would fail forever, so say so (not retryable).
-            return _error(ctype, 400, 3, f"the batch could not be stored: {exc.orig!s}"[:2000])
+            log.warning("OTLP batch refused by the store: %s", exc)
+            detail = exc.orig if isinstance(exc, DataError | IntegrityError) else exc
+            return _error(ctype, 400, 3, f"the batch could not be stored: {detail!s}"[:2000])
         except Exception:
             log.exception("OTLP batch could not be stored")
             # 503 is retryable per OTLP: the client keeps the batch and sends it again.
