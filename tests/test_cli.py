@@ -18,7 +18,7 @@ from proctor.pipeline import Pipeline
 from proctor.semconv import decode_protobuf
 from proctor.store import BatchWriter, SpanStore, open_engine
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from spanfactory import agent_trace, request
 
 runner = CliRunner()
@@ -142,3 +142,34 @@ def test_read_commands_work_against_a_running_server_too(tmp_path: Path) -> None
         assert result.exit_code == 1 and "404" in result.output
     finally:
         server.should_exit = True
+
+
+def test_serve_with_two_workers_stores_every_span_sent(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proctor.cli.main", "serve", "--port", str(port), "--workers", "2",
+         "--db", f"sqlite:///{tmp_path}/w.db"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert proc.stdout is not None and "2 workers" in proc.stdout.readline()
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_until(up, timeout=30)
+        traces = [agent_trace(agent="w") for _ in range(40)]
+        with httpx.Client() as a, httpx.Client() as b:
+            for i, (_, spans) in enumerate(traces):
+                client = a if i % 2 else b
+                r = client.post(f"{url}/v1/traces", content=request(spans), headers={"content-type": "application/x-protobuf"})
+                assert r.status_code == 200
+        st = httpx.get(f"{url}/api/stats").json()
+        assert (st["traces"], st["spans"]) == (40, 160)
+    finally:
+        proc.terminate()
+        proc.wait(15)

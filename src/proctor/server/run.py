@@ -37,8 +37,30 @@ def make_server(
     return _AnnouncingServer(config, announce, f"http://{shown}:{port}")
 
 
-def run_server(**kwargs) -> None:  # type: ignore[no-untyped-def]
-    make_server(**kwargs).run()
+def run_server(workers: int = 1, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Serve until interrupted. ``workers > 1`` runs that many processes on one socket: the
+    decode and normalize work then uses more cores (each process has its own batched writer;
+    SQLite still takes one commit at a time, PostgreSQL takes them in parallel)."""
+    if workers <= 1:
+        make_server(**kwargs).run()
+        return
+    import os
+
+    from proctor.store import database_url, open_engine
+
+    url = database_url(kwargs.get("database_url"))
+    open_engine(url).dispose()  # migrate once, here, not in every worker at the same moment
+    os.environ["PROCTOR_DATABASE_URL"] = url  # the workers' create_app() reads it
+    host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port", 7070)
+    announce = kwargs.get("announce")
+    if announce:
+        shown = f"[{host}]" if ":" in host else host
+        announce(f"Proctor is starting {workers} workers on http://{shown}:{port}  "
+                 f"(API: http://{shown}:{port}/api/traces)")
+    uvicorn.run(
+        "proctor.server.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level=kwargs.get("log_level", "warning"), access_log=False,
+    )
 
 
 def start_in_thread(**kwargs) -> tuple[_AnnouncingServer, threading.Thread]:  # type: ignore[no-untyped-def]
