@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -342,7 +342,6 @@ class TraceFilter:
 class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None
-    filters: dict[str, Any] = field(default_factory=dict)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
