@@ -48,6 +48,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA cache_size=-65536")
     cur.execute("PRAGMA temp_store=MEMORY")
+    # Checkpoint every ~40 MiB of WAL instead of 4: pages rewritten between checkpoints are
+    # copied once, ~6 % less CPU per ingested span (measured A/B, interleaved in one process).
+    cur.execute("PRAGMA wal_autocheckpoint=10000")
     cur.close()
 
 
