@@ -185,7 +185,17 @@ def _sql_for(dialect: str) -> dict[str, str]:
         " cost_usd = traces.cost_usd + excluded.cost_usd,"
         " updated_ns = excluded.updated_ns"
     )
-    return {"insert_spans": insert_spans, "merge_traces": merge}
+    out = {"insert_spans": insert_spans, "merge_traces": merge}
+    if dialect == "postgresql":
+        cols = ", ".join(SPAN_COLUMNS)
+        out["stage_spans"] = (
+            "CREATE TEMP TABLE IF NOT EXISTS spans_stage (LIKE spans INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        out["copy_spans"] = f"COPY spans_stage ({cols}) FROM STDIN"
+        out["insert_staged"] = (
+            f"INSERT INTO spans ({cols}) SELECT {cols} FROM spans_stage ON CONFLICT DO NOTHING"
+        )
+    return out
 
 
 @dataclass(slots=True)
@@ -207,6 +217,22 @@ def _ingest_stamp() -> int:
         return now
 
 
+def _copy_insert(conn: Connection, rows: list[tuple[Any, ...]], sql: dict[str, str]) -> int:
+    """PostgreSQL: COPY the rows into a per-session staging table, then one INSERT ... SELECT
+    ... ON CONFLICT DO NOTHING. psycopg's COPY formats rows in C; executemany dumps each
+    parameter in Python (about half the client CPU per span, measured with benchmarks/ingest.py)."""
+    dbapi = conn.connection.driver_connection
+    with dbapi.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(sql["stage_spans"])
+        with cur.copy(sql["copy_spans"]) as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(sql["insert_staged"])
+        inserted = cur.rowcount
+        cur.execute("TRUNCATE spans_stage")
+    return inserted if inserted is not None and inserted >= 0 else -1
+
+
 def write_spans(
     conn: Connection, batch: Sequence[Span], sql: dict[str, str], *, strip_nul: bool = False
 ) -> WriteResult:
@@ -224,8 +250,11 @@ def write_spans(
     rows = [span_row(s, now, resources) for s in batch]
     if strip_nul:
         rows = [_no_nul(r) for r in rows]
-    cur = conn.exec_driver_sql(sql["insert_spans"], rows)
-    inserted = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else -1
+    if "copy_spans" in sql:
+        inserted = _copy_insert(conn, rows, sql)
+    else:
+        cur = conn.exec_driver_sql(sql["insert_spans"], rows)
+        inserted = cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else -1
     if inserted == len(batch):
         fresh: Sequence[Span] = batch
     else:
