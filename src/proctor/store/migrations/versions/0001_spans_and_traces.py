@@ -63,6 +63,17 @@ def upgrade() -> None:
         sa.Column("ingested_ns", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("trace_id", "span_id", name="pk_spans"),
     )
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        # lz4 instead of pglz for the large text columns: PostgreSQL spends most of its CPU per
+        # ingested span compressing them (measured with benchmarks/ingest.py).
+        lz4 = bind.exec_driver_sql(
+            "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+        ).scalar()
+        if lz4:
+            for col in ("attributes", "resource", "events", "input_value", "output_value", "tool_arguments",
+                        "tool_result"):
+                op.execute(f"ALTER TABLE spans ALTER COLUMN {col} SET COMPRESSION lz4")
     op.create_index("ix_spans_agent", "spans", ["agent_name", "trace_id"])
     op.create_index("ix_spans_model", "spans", ["model", "trace_id"])
     op.create_index("ix_spans_tool", "spans", ["tool_name", "trace_id"])
