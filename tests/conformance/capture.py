@@ -22,7 +22,6 @@ import base64
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from fake_openai import running_fake_server  # noqa: E402 - needs the sys.path entry above
+from fake_openai import LoopbackHandler, running_fake_server  # noqa: E402 - needs the sys.path entry above
 
 EMITTERS_DIR = HERE / "emitters"
 FIXTURES_DIR = HERE.parent / "fixtures" / "otlp"
@@ -77,24 +76,8 @@ class _Received:
             self.logs.clear()
 
 
-class _OtlpHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _OtlpHandler(LoopbackHandler):
     server: _OtlpServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        head = (
-            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode("ascii")
-        self.wfile.write(head + body)
-        self.wfile.flush()
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -116,9 +99,9 @@ class _OtlpHandler(BaseHTTPRequestHandler):
                 received.logs.append(logs_request)
             response = ExportLogsServiceResponse().SerializeToString()
         else:
-            self._reply(404, b"", "text/plain")
+            self._send(404, b"", "text/plain")
             return
-        self._reply(200, response, "application/x-protobuf")
+        self._send(200, response, "application/x-protobuf")
 
 
 class _OtlpServer(ThreadingHTTPServer):

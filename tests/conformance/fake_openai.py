@@ -140,17 +140,19 @@ def _error_body(message: str, error_type: str, code: str | None) -> dict[str, An
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    # HTTP/1.1 keeps connections alive so the clients' pools are reused between the two turns.
+class LoopbackHandler(BaseHTTPRequestHandler):
+    """A quiet HTTP/1.1 handler for test servers on loopback: TCP_NODELAY, and each response
+    written in one call (see the module docstring). Shared with capture.py's OTLP receiver."""
+
+    # HTTP/1.1 keeps connections alive so the clients' pools are reused between requests.
     protocol_version = "HTTP/1.1"
-    server: FakeOpenAIServer
 
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
-        # Silence the default per-request stderr logging; the request log is kept in memory.
+        # Silence the default per-request stderr logging.
         return
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
@@ -162,9 +164,12 @@ class _Handler(BaseHTTPRequestHandler):
             "x-request-id: req_conformance\r\n"
             "\r\n"
         ).encode("ascii")
-        # One write for head and body: see the module docstring.
         self.wfile.write(head + body)
         self.wfile.flush()
+
+
+class _Handler(LoopbackHandler):
+    server: FakeOpenAIServer
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
