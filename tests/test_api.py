@@ -77,3 +77,19 @@ def test_openapi_describes_the_api(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/traces", "/api/traces", "/api/traces/{trace_id}", "/api/spans/{span_id}", "/api/sessions",
             "/api/stats"} <= set(paths)
+
+
+def test_a_deep_trace_comes_back_whole_in_tree_order(db_url: str) -> None:
+    """A 3,000-span chain (each span the child of the previous) is deeper than Python's
+    recursion limit: the tree is built iteratively and nothing is cut."""
+    from spanfactory import new_span_id, new_trace_id, span
+
+    tid, t0 = new_trace_id(), time.time_ns()
+    ids = [new_span_id() for _ in range(3000)]
+    spans = [span(f"step {i}", tid, sid, parent=ids[i - 1] if i else None, start_ns=t0 + i, duration_ms=1)
+             for i, sid in enumerate(ids)]
+    with TestClient(create_app(db_url)) as c:
+        assert c.post("/v1/traces", content=request(spans[::-1]), headers=PB).status_code == 200
+        doc = c.get(f"/api/traces/{tid.hex()}").json()
+    assert [s["depth"] for s in doc["spans"]] == list(range(3000))
+    assert doc["trace"]["span_count"] == 3000 and doc["trace"]["root_name"] == "step 0"

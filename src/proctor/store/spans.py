@@ -374,7 +374,14 @@ class Page:
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
-    return dict(row._mapping)
+    return {str(k): v for k, v in row._mapping.items()}
+
+
+def _dicts(result: Any) -> list[dict[str, Any]]:
+    """All rows of ``result`` as plain dicts with plain ``str`` keys. Cheaper than a mapping per
+    Row: a 20,000-span trace reads in about half the time."""
+    keys = [str(k) for k in result.keys()]  # noqa: SIM118 - a SQLAlchemy result, not a dict
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def decode_span_row(d: dict[str, Any]) -> dict[str, Any]:
@@ -409,7 +416,7 @@ class SpanStore:
             q = q.where(or_(t.start_ns < c_start, and_(t.start_ns == c_start, t.trace_id < c_id)))
         q = q.order_by(t.start_ns.desc(), t.trace_id.desc()).limit(limit + 1)
         with self.engine.connect() as conn:
-            rows = [_row_dict(r) for r in conn.execute(q)]
+            rows = _dicts(conn.execute(q))
         nxt = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -429,7 +436,7 @@ class SpanStore:
             .order_by(spans_t.c.start_ns, spans_t.c.span_id)
         )
         with self.engine.connect() as conn:
-            return [decode_span_row(_row_dict(r)) for r in conn.execute(q)]
+            return [decode_span_row(d) for d in _dicts(conn.execute(q))]
 
     def get_span(self, span_id: str, trace_id: str | None = None) -> dict[str, Any] | None:
         q = select(spans_t).where(spans_t.c.span_id == span_id)
@@ -480,7 +487,7 @@ class SpanStore:
             q = q.having(or_(last < c_start, and_(last == c_start, t.session_id < c_id)))
         q = q.order_by(last.desc(), t.session_id.desc()).limit(limit + 1)
         with self.engine.connect() as conn:
-            rows = [_row_dict(r) for r in conn.execute(q)]
+            rows = _dicts(conn.execute(q))
         nxt = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -490,7 +497,7 @@ class SpanStore:
     def session_traces(self, session_id: str) -> list[dict[str, Any]]:
         q = select(traces_t).where(traces_t.c.session_id == session_id).order_by(traces_t.c.start_ns)
         with self.engine.connect() as conn:
-            return [_row_dict(r) for r in conn.execute(q)]
+            return _dicts(conn.execute(q))
 
     def stats(self, flt: TraceFilter | None = None) -> dict[str, Any]:
         """Counts, cost, tokens and duration percentiles, overall, by agent and by tool.
