@@ -27,8 +27,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -47,7 +46,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from fake_openai import LoopbackHandler, running_fake_server  # noqa: E402 - needs the sys.path entry above
+from fake_openai import LoopbackHandler, running_fake_server, serving  # noqa: E402 - needs the sys.path entry above
 
 EMITTERS_DIR = HERE / "emitters"
 FIXTURES_DIR = HERE.parent / "fixtures" / "otlp"
@@ -116,17 +115,8 @@ class _OtlpServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-@contextmanager
-def running_otlp_receiver() -> Iterator[_OtlpServer]:
-    server = _OtlpServer()
-    thread = threading.Thread(target=server.serve_forever, name="otlp-receiver", daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+def running_otlp_receiver() -> AbstractContextManager[_OtlpServer]:
+    return serving(_OtlpServer())
 
 
 # --- OTLP JSON shaping -------------------------------------------------------------------------

@@ -23,7 +23,9 @@ import threading
 from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
+
+S = TypeVar("S", bound=ThreadingHTTPServer)
 
 TOOL_CALL_ID = "call_weather_1"
 TOOL_NAME = "get_weather"
@@ -231,10 +233,9 @@ class FakeOpenAIServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def running_fake_server() -> Iterator[FakeOpenAIServer]:
-    """Run a :class:`FakeOpenAIServer` on an ephemeral port in a background thread."""
-    server = FakeOpenAIServer()
-    thread = threading.Thread(target=server.serve_forever, name="fake-openai", daemon=True)
+def serving(server: S) -> Iterator[S]:
+    """Serve ``server`` from a background thread for the block; shared with capture.py."""
+    thread = threading.Thread(target=server.serve_forever, name=type(server).__name__, daemon=True)
     thread.start()
     try:
         yield server
@@ -242,6 +243,11 @@ def running_fake_server() -> Iterator[FakeOpenAIServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def running_fake_server() -> contextlib.AbstractContextManager[FakeOpenAIServer]:
+    """Run a :class:`FakeOpenAIServer` on an ephemeral port in a background thread."""
+    return serving(FakeOpenAIServer())
 
 
 @contextlib.contextmanager
