@@ -1,7 +1,8 @@
 """Writing spans and reading them back.
 
-Writes are the ingest hot path, so they bypass SQL compilation: one ``executemany`` of a
-prepared INSERT for the spans, one for the per-trace aggregates, in a single transaction.
+Writes are the ingest hot path, so they bypass SQL compilation: the spans go in with one
+``executemany`` of a prepared INSERT (SQLite) or one COPY into a staging table (PostgreSQL),
+then one upsert of the per-trace aggregates, all in the caller's transaction.
 Reads use SQLAlchemy Core expressions so the same code serves SQLite and PostgreSQL.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, and_, case, exists, func, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from proctor.core import Span, SpanKind, SpanStatus
 from proctor.store.schema import spans as spans_t
@@ -222,14 +224,19 @@ def _copy_insert(conn: Connection, rows: list[tuple[Any, ...]], sql: dict[str, s
     ... ON CONFLICT DO NOTHING. psycopg's COPY formats rows in C; executemany dumps each
     parameter in Python (about half the client CPU per span, measured with benchmarks/ingest.py)."""
     dbapi = conn.connection.driver_connection
-    with dbapi.cursor() as cur:  # type: ignore[union-attr]
-        cur.execute(sql["stage_spans"])
-        with cur.copy(sql["copy_spans"]) as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(sql["insert_staged"])
-        inserted = cur.rowcount
-        cur.execute("TRUNCATE spans_stage")
+    base_error = conn.dialect.loaded_dbapi.Error
+    try:
+        with dbapi.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(sql["stage_spans"])
+            with cur.copy(sql["copy_spans"]) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(sql["insert_staged"])
+            inserted = cur.rowcount
+            cur.execute("TRUNCATE spans_stage")
+    except base_error as exc:
+        # the driver was used directly: raise what SQLAlchemy would (DataError, OperationalError, ...)
+        raise DBAPIError.instance(sql["copy_spans"], None, exc, base_error) from exc
     return inserted if inserted is not None and inserted >= 0 else -1
 
 

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+from sqlalchemy.exc import DataError
+
 from proctor.core import Span
 from proctor.store.spans import SpanStore, WriteResult, write_spans
 
@@ -93,7 +95,7 @@ class BatchWriter:
                 for one in group:
                     self._commit([one], strip_nul=strip_nul)
                 return
-            if not strip_nul and "NUL" in str(exc):
+            if not strip_nul and isinstance(exc, DataError) and "NUL" in str(exc):
                 # PostgreSQL refuses NUL characters in text; SQLite takes them.
                 self._commit(group, strip_nul=True)
                 return
