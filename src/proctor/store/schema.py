@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -108,4 +109,123 @@ traces = Table(
     Index("ix_traces_agent", "agent_name", "start_ns"),
     Index("ix_traces_cost", "cost_usd"),
     Index("ix_traces_duration", "duration_ns"),
+)
+
+# --- Governance state (the runtime guard's layer 2) -------------------------------------------
+# Everything below is shared by every guard process and the server: budgets are counters that
+# several processes spend from at once, approvals and kill switches are decided by a human in
+# the console and read by the guards, and the decision log is the tamper-evident audit trail.
+
+# One row per (budget key, metric). ``used`` is what was really spent; ``reserved`` is what
+# in-flight calls have claimed and not settled yet. A reservation is granted only while
+# used + reserved + amount <= limit_value, so concurrent sessions cannot overshoot together.
+budget_counters = Table(
+    "budget_counters",
+    metadata,
+    Column("key", Text, nullable=False),  # "session:abc", "agent_day:triage:2026-11-22", ...
+    Column("metric", String(32), nullable=False),  # "usd", "tokens", "tool_calls", "wall_s"
+    Column("used", Float, nullable=False),
+    Column("reserved", Float, nullable=False),
+    Column("limit_value", Float, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    PrimaryKeyConstraint("key", "metric", name="pk_budget_counters"),
+)
+
+# The parts of each open reservation, so that settling is idempotent and a crashed process's
+# claim can be given back once it expires.
+budget_reservations = Table(
+    "budget_reservations",
+    metadata,
+    Column("id", String(32), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("metric", String(32), nullable=False),
+    Column("amount", Float, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    PrimaryKeyConstraint("id", "key", "metric", name="pk_budget_reservations"),
+    Index("ix_budget_reservations_expires", "expires_ns"),
+)
+
+# Human approvals of held tool calls, bound to a digest of (tool, canonical arguments, policy
+# hash, session): an approval can only ever release the exact call it was asked for.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("tool", Text, nullable=False),
+    Column("arguments", Text, nullable=False),  # JSON object
+    Column("policy_hash", Text),
+    Column("session_id", Text),
+    Column("agent", Text),
+    Column("rule_id", Text),
+    Column("message", Text),
+    Column("status", String(16), nullable=False),  # pending|approved|denied|expired|consumed
+    Column("requested_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Column("decided_ns", BigInteger),
+    Column("decided_by", Text),
+    Column("decision_reason", Text),
+    Column("consumed_ns", BigInteger),
+    Column("trace_id", String(32)),
+    Column("span_id", String(16)),
+    Index("ix_approvals_digest", "digest"),
+    Index("ix_approvals_status", "status", "requested_ns"),
+    Index("ix_approvals_requested", "requested_ns"),
+)
+
+kill_switches = Table(
+    "kill_switches",
+    metadata,
+    Column("scope", Text, primary_key=True),  # global | agent:<n> | session:<id> | writes_off[:agent:<n>]
+    Column("active", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("set_by", Text, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+)
+
+# A single row (id = 1) bumped by every kill-switch change: guards poll this one integer
+# instead of the whole table.
+kill_switch_version = Table(
+    "kill_switch_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
+)
+
+# Append-only, hash-chained: hash = sha256(prev_hash + canonical JSON of the row's content).
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("decision_id", String(64), nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("trace_id", String(32)),
+    Column("span_id", String(16)),
+    Column("session_id", Text),
+    Column("agent", Text),
+    Column("action", String(32), nullable=False),  # tool | llm | llm_output | tool_result | input ...
+    Column("target", Text),  # tool name or model
+    Column("effect", String(32), nullable=False),
+    Column("enforced", Boolean, nullable=False),  # False: shadow mode, logged but not applied
+    Column("rule_id", Text),
+    Column("policy_hash", Text),
+    Column("input_digest", String(64)),
+    Column("reasons", Text, nullable=False),  # JSON list of strings
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ux_decisions_decision_id", "decision_id", unique=True),
+    Index("ix_decisions_session", "session_id", "seq"),
+    Index("ix_decisions_trace", "trace_id", "seq"),
+    Index("ix_decisions_effect", "effect", "seq"),
+)
+
+# A single row (id = 1): the last seq and hash. Appenders lock it, which serializes them, and
+# verification compares it with the last row so a deleted tail is detected.
+decision_chain_head = Table(
+    "decision_chain_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
 )
