@@ -28,7 +28,9 @@ from proctor.semconv import encode_attributes, encode_value
 log = logging.getLogger("proctor.sdk")
 
 # (trace_id, span_id, parent_span_id or 0, name, start_ns, end_ns, attributes,
-#  error: (type name, message) or None)
+#  error: (type name, message) or None). Span events other than the error ride in the
+#  attributes under EVENTS_KEY as [(name, time_ns, attributes)]; encode() moves them out.
+EVENTS_KEY = "\x00events"
 Record = tuple[int, int, int, str, int, int, dict[str, Any], tuple[str, str] | None]
 
 
@@ -47,8 +49,14 @@ def encode(records: list[Record], resource: dict[str, Any], scope: str = "procto
             kind=Span.SPAN_KIND_INTERNAL,
             start_time_unix_nano=start,
             end_time_unix_nano=end,
-            attributes=encode_attributes(attrs),
         )
+        extra = attrs.pop(EVENTS_KEY, None) if EVENTS_KEY in attrs else None
+        s.attributes.extend(encode_attributes(attrs))
+        for ev_name, ev_time, ev_attrs in extra or ():
+            ev = s.events.add()
+            ev.name = ev_name
+            ev.time_unix_nano = ev_time
+            ev.attributes.extend(encode_attributes(ev_attrs))
         if error is None:
             s.status.CopyFrom(Status(code=Status.STATUS_CODE_OK))
         else:

@@ -85,6 +85,8 @@ def init(
     spool_dir: str | os.PathLike[str] | None = None,
     api_key: str | None = None,
     set_global: bool = True,
+    policy: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
+    approval_wait_s: float | None = None,
 ) -> TracerProvider:
     """Send this process's spans to Proctor. Safe to call more than once (later calls are no-ops).
 
@@ -96,6 +98,14 @@ def init(
     - ``instrument``: enable the OpenInference / OpenLLMetry instrumentors that are installed,
       one per library.
 
+    - ``policy`` (or ``PROCTOR_POLICY``, paths separated by ``:``): policy bundle files or
+      directories. A guard then checks every ``@proctor.tool`` call (and ``proctor.llm_call``)
+      inside ``proctor.session(...)``. Its shared state — budgets, approvals, kill switches,
+      the decision log — lives in the database (``database_url`` / ``PROCTOR_DATABASE_URL``),
+      which several processes and the server share. An invalid bundle raises PolicyError.
+    - ``approval_wait_s``: block a tool call that needs approval up to this long (default: raise
+      ``ApprovalPending`` at once, with a handle to wait on or resume with).
+
     Returns the tracer provider, for adding your own processors.
     """
     global _runtime
@@ -103,6 +113,9 @@ def init(
         if _runtime is not None:
             return _runtime.provider
         url = url or os.environ.get("PROCTOR_URL")
+        policy_paths = _policy_paths(policy)
+        if policy_paths:
+            _start_guard(policy_paths, database_url, approval_wait_s)
         resource = Resource.create(
             {"service.name": service_name or os.environ.get("OTEL_SERVICE_NAME") or "proctor-agent"}
         )
@@ -132,8 +145,33 @@ def init(
         return provider
 
 
+def _policy_paths(policy: object) -> list[str | os.PathLike[str]]:
+    if policy is None:
+        env = os.environ.get("PROCTOR_POLICY")
+        return [p for p in env.split(os.pathsep) if p] if env else []
+    if isinstance(policy, (str, os.PathLike)):
+        return [policy]
+    return list(policy)  # type: ignore[call-overload]
+
+
+def _start_guard(paths: list[str | os.PathLike[str]], database_url: str | None, wait_s: float | None) -> None:
+    from proctor.guard import Guard
+    from proctor.sdk import governance
+    from proctor.store.engine import open_engine
+
+    g = Guard([Path(p) for p in paths], open_engine(database_url), approval_wait_s=wait_s)
+    old = governance.use_guard(g)
+    if old is not None:
+        old.close()
+
+
 def flush(timeout_s: float = 10.0) -> bool:
     """Export everything recorded so far; True when it all reached the store or server."""
+    from proctor.sdk import governance
+
+    g = governance.guard()
+    if g is not None:
+        g.flush(timeout_s)
     rt = _runtime
     if rt is None:
         return True
@@ -144,8 +182,16 @@ def flush(timeout_s: float = 10.0) -> bool:
 def shutdown() -> None:
     """Flush and stop exporting. Spans still undelivered stay in the spool for the next run."""
     global _runtime
+    from proctor.sdk import governance
+
     with _lock:
         rt, _runtime = _runtime, None
+        g = governance.use_guard(None)
+    if g is not None:
+        try:
+            g.close()
+        except Exception:
+            log.exception("closing the guard failed")
     if rt is not None:
         try:
             rt.recorder.flush(5.0)

@@ -14,8 +14,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
-from proctor.sdk import setup
+from proctor.guard.recording import pending_events
+from proctor.sdk import governance, setup
 from proctor.sdk.context import current_session
+from proctor.sdk.recorder import EVENTS_KEY
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_RECORDED_CHARS = 16_384
@@ -67,7 +69,22 @@ class _ToolSpec:
 class _ToolCall:
     """One call: a recorded span when proctor.init() ran, else an ordinary OTel span."""
 
-    __slots__ = ("attrs", "ctx", "otel_span", "parent", "recorder", "sid", "spec", "start", "tid", "token")
+    __slots__ = (
+        "attrs",
+        "ctx",
+        "ev_token",
+        "events",
+        "named",
+        "otel_span",
+        "parent",
+        "permit",
+        "recorder",
+        "sid",
+        "spec",
+        "start",
+        "tid",
+        "token",
+    )
 
     def __init__(self, spec: _ToolSpec, call_id: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]):
         self.spec = spec
@@ -79,10 +96,13 @@ class _ToolCall:
         named = dict(zip(params, args, strict=False)) if len(args) <= len(params) else {"args": list(args)}
         if kwargs:
             named.update(kwargs)
+        self.named = named
         attrs["gen_ai.tool.call.arguments"] = _to_json(named)
         self.attrs = attrs
         self.recorder = setup.recorder()
         self.otel_span: trace.Span | None = None
+        self.permit: Any = None
+        self.events: list[Any] | None = None
 
     def __enter__(self) -> _ToolCall:
         if self.recorder is None:
@@ -98,6 +118,47 @@ class _ToolCall:
         self.token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(ctx)))
         self.start = time.time_ns()
         return self
+
+    def check(self) -> Any:
+        """Ask the guard (if there is one, inside a session). Raises when the call is refused.
+
+        Returns None to run the call as asked, a Draft to return instead of running, or the
+        (redacted) keyword arguments to run it with.
+        """
+        if governance._guard is None:
+            return None
+        if self.otel_span is None:  # recorder path: decision events are encoded with this span
+            self.events = []
+            self.attrs[EVENTS_KEY] = self.events
+            token = pending_events.set(self.events)
+            try:
+                self.permit = governance.check_tool(self.spec.name, self.named)
+            finally:
+                pending_events.reset(token)
+        else:
+            self.permit = governance.check_tool(self.spec.name, self.named)
+        permit = self.permit
+        if permit is None:
+            return None
+        if permit.draft:
+            return governance.Draft(self.spec.name, dict(self.named), permit.decision)
+        if permit.args is not self.named:
+            self.attrs["proctor.tool.arguments_redacted"] = True
+            return permit.args
+        return None
+
+    def finish(self, result: Any, error: BaseException | None = None) -> Any:
+        """Hand the result (or error) to the guard; returns the result the caller should see."""
+        g = governance._guard
+        if self.permit is None or g is None:
+            return result
+        if self.events is not None:
+            token = pending_events.set(self.events)
+            try:
+                return g.tool_result(self.permit, result, error=error)
+            finally:
+                pending_events.reset(token)
+        return g.tool_result(self.permit, result, error=error)
 
     def done(self, result: Any) -> None:
         self.attrs["gen_ai.tool.call.result"] = _to_json(result)
@@ -174,7 +235,16 @@ def tool(
 
             async def run_async(call_id: str | None, *args: Any, **kwargs: Any) -> Any:
                 with _ToolCall(spec, call_id, args, kwargs) as call:
-                    result = await f(*args, **kwargs)
+                    verdict = call.check() if governance._guard is not None else None
+                    if isinstance(verdict, governance.Draft):
+                        result = verdict
+                    else:
+                        try:
+                            result = await (f(*args, **kwargs) if verdict is None else f(**verdict))
+                        except Exception as e:
+                            call.finish(None, e)
+                            raise
+                        result = call.finish(result)
                     call.done(result)
                     return result
 
@@ -188,7 +258,16 @@ def tool(
 
         def run(call_id: str | None, *args: Any, **kwargs: Any) -> Any:
             with _ToolCall(spec, call_id, args, kwargs) as call:
-                result = f(*args, **kwargs)
+                verdict = call.check() if governance._guard is not None else None
+                if isinstance(verdict, governance.Draft):
+                    result = verdict
+                else:
+                    try:  # with the arguments a scanner rule redacted, if it did
+                        result = f(*args, **kwargs) if verdict is None else f(**verdict)
+                    except Exception as e:
+                        call.finish(None, e)
+                        raise
+                    result = call.finish(result)
                 call.done(result)
                 return result
 

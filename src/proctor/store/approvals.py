@@ -275,6 +275,21 @@ class ApprovalStore:
             ).first()
         return None if row is None else _row_to_approval(row, now)
 
+    def find_recent_denial(self, digest: str) -> Approval | None:
+        """The newest denial of this digest still inside its window (decided_ns + ttl): a call a
+        human refused is refused again with their reason, instead of asking them once more."""
+        c = approvals_t.c
+        now = time.time_ns()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(approvals_t)
+                .where(c.digest == digest, c.status == "denied",
+                       c.decided_ns + (c.expires_ns - c.requested_ns) > now)
+                .order_by(c.decided_ns.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _row_to_approval(row, now)
+
     def pending_count(self) -> int:
         """How many approvals wait for a human (for the console badge and alerts)."""
         c = approvals_t.c
