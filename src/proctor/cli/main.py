@@ -14,6 +14,9 @@ import orjson
 import typer
 from rich.console import Console
 
+from proctor.cli.governance import approvals_app, audit_app, decisions_app, kill_app
+from proctor.cli.policy import policy_app
+
 if TYPE_CHECKING:
     from proctor.store import TraceFilter
 
@@ -30,6 +33,11 @@ spans_app = typer.Typer(help="Open one span in full.", no_args_is_help=True)
 app.add_typer(traces_app, name="traces")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(spans_app, name="spans")
+app.add_typer(policy_app, name="policy")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(kill_app, name="kill")
+app.add_typer(audit_app, name="audit")
+app.add_typer(decisions_app, name="decisions")
 
 console = Console()
 err = Console(stderr=True)
@@ -124,16 +132,33 @@ def serve(
     workers: Annotated[int, typer.Option(
         min=1, max=64, envvar="PROCTOR_WORKERS",
         help="Server processes. More than 1 spreads ingest over more cores (~85 MiB each).")] = 1,
+    policy: Annotated[list[str] | None, typer.Option(
+        "--policy", help="Policy bundle file or directory for the decision API at /api/guard (repeatable; "
+                         "default: PROCTOR_POLICY, paths separated by ':').")] = None,
+    approval_webhook: Annotated[str | None, typer.Option(
+        "--approval-webhook", envvar="PROCTOR_APPROVAL_WEBHOOK",
+        help="URL told of every new approval (a Slack-compatible JSON POST).")] = None,
 ) -> None:
     """Run the server: OTLP receiver at /v1/traces, REST API at /api, OpenAPI at /openapi.json."""
+    import os
+
     from proctor.server.run import run_server
     from proctor.store import DatabaseURLError
 
+    if workers > 1 and (policy or os.environ.get("PROCTOR_POLICY")):
+        _fail("--policy needs --workers 1: the decision API keeps sessions and permits in the memory of "
+              "one process")
     try:
         run_server(workers=workers, host=host, port=port, database_url=db, log_level=log_level,
-                   announce=console.print)
+                   announce=console.print, policy=policy or None, approval_webhook=approval_webhook)
     except DatabaseURLError as exc:
         _fail(str(exc))
+    except ValueError as exc:
+        from proctor.policy import PolicyError  # not before: it loads the policy engine
+
+        if not isinstance(exc, PolicyError):
+            raise
+        _fail("the policy was refused:\n" + "\n".join(f"  {p}" for p in exc.problems))
 
 
 @app.command()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -14,8 +14,13 @@ from sqlalchemy import Engine
 from proctor import __version__
 from proctor.pipeline import Pipeline
 from proctor.server.api import router as api_router
+from proctor.server.governance import PermitTable, build_guard, policy_paths
+from proctor.server.governance import router as governance_router
 from proctor.server.otlp import ReceiverLimits, make_receiver
 from proctor.store import BatchWriter, SpanStore, open_engine
+
+if TYPE_CHECKING:  # the guard (CEL, YAML, JSON Schema) is imported only when a policy is loaded
+    from proctor.guard import Guard
 
 
 @dataclass
@@ -25,20 +30,42 @@ class ServerState:
     writer: BatchWriter
     pipeline: Pipeline
     started_ns: int
+    guard: Guard | None = None  # the decision API's guard, when a policy is loaded
+    policy_paths: list[str] = field(default_factory=list)
+    permits: PermitTable = field(default_factory=PermitTable)
 
 
-def create_app(database_url: str | None = None, *, limits: ReceiverLimits | None = None) -> FastAPI:
-    """Build the app on ``database_url`` (default: PROCTOR_DATABASE_URL or .proctor/proctor.db)."""
+def create_app(
+    database_url: str | None = None,
+    *,
+    limits: ReceiverLimits | None = None,
+    policy: str | list[str] | None = None,
+    approval_webhook: str | None = None,
+) -> FastAPI:
+    """Build the app on ``database_url`` (default: PROCTOR_DATABASE_URL or .proctor/proctor.db).
+
+    ``policy``: bundle files or directories for the decision API (default: PROCTOR_POLICY,
+    paths separated by os.pathsep); an invalid bundle raises PolicyError naming file:line.
+    ``approval_webhook`` (default: PROCTOR_APPROVAL_WEBHOOK) is told of every new approval.
+    """
     engine = open_engine(database_url)
+    paths = policy_paths(policy)
+    try:
+        guard = build_guard(engine, paths, approval_webhook)
+    except Exception:
+        engine.dispose()
+        raise
     store = SpanStore(engine)
     writer = BatchWriter(store)
-    state = ServerState(engine, store, writer, Pipeline(writer), time.time_ns())
+    state = ServerState(engine, store, writer, Pipeline(writer), time.time_ns(), guard, paths)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         writer.start()
         yield
         writer.close()
+        if guard is not None:
+            guard.close()  # stops the kill-switch watcher, flushes the decision log
         engine.dispose()
 
     extra: dict[str, Any] = {}
@@ -63,6 +90,7 @@ def create_app(database_url: str | None = None, *, limits: ReceiverLimits | None
         include_in_schema=True,
     )
     app.include_router(api_router)
+    app.include_router(governance_router)
 
     @app.get("/healthz", summary="Liveness and the database in use")
     def healthz() -> dict[str, Any]:
