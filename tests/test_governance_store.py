@@ -828,3 +828,20 @@ def test_four_processes_appending_at_once_keep_one_unbroken_chain(
     result = log.verify(chunk_size=50)
     assert result.ok, result.problems
     assert result.checked == len(all_seqs) and log.head()[0] == len(all_seqs)
+
+
+def test_the_fast_chain_encoding_is_byte_identical_to_rfc_8785() -> None:
+    """chain_hash encodes with orjson for speed; verifiers elsewhere use RFC 8785."""
+    import random
+
+    import rfc8785
+
+    from proctor.store.decisions import _canonical
+
+    rnd = random.Random(8785)
+    alphabet = [chr(i) for i in range(0x80)] + ["é", "€", "𝄞", "\u2028", "\u2029", "\ufeff", "中"]
+    for _ in range(5000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 16)))
+        doc = {"decision_id": text, "agent": None, "enforced": rnd.random() < 0.5,
+               "reasons": [text, "x"], "seq": rnd.randint(0, 2**53 - 1), "ts_ns": str(rnd.getrandbits(63))}
+        assert _canonical(doc) == rfc8785.dumps(doc)

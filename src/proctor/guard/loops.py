@@ -30,16 +30,18 @@ class Step:
 def detect(detector: str, steps: deque[Step], upcoming: Step, threshold: int, window: int) -> str | None:
     """A reason string when ``upcoming`` completes the pattern, else None."""
     if detector == "repeat":
-        recent = _last(steps, window)
         key = upcoming.key
         n = 1
-        for s in recent:
+        for s in islice(reversed(steps), window) if window else steps:
             if s.key == key:
                 n += 1
         if n >= threshold:
-            return f"the same call {_name(upcoming.key)} {n} times in the last {len(recent) + 1} steps"
+            return f"the same call {_name(upcoming.key)} {n} times in the last {min(len(steps), window) + 1} steps"
         return None
     if detector == "oscillation":
+        # most calls fail the first test: B-A then A-B is the only way into the pattern
+        if len(steps) < 2 * threshold - 1 or steps[-2].key != upcoming.key or steps[-1].key == upcoming.key:
+            return None
         seq = [s.key for s in _last(steps, 2 * threshold - 1)] + [upcoming.key]
         if len(seq) < 2 * threshold:
             return None
@@ -48,10 +50,13 @@ def detect(detector: str, steps: deque[Step], upcoming: Step, threshold: int, wi
             return f"{_name(a)} and {_name(b)} alternating {threshold} times"
         return None
     if detector == "error_storm":
-        recent = _last(steps, window)
-        n = sum(1 for s in recent if s.error)
+        n = 0
+        for s in islice(reversed(steps), window) if window else steps:
+            if s.error:
+                n += 1
         if n >= threshold:
-            return f"{n} failed steps in the last {len(recent)}; retrying into the same wall"
+            return f"{n} failed steps in the last {min(len(steps), window) if window else len(steps)}; " \
+                   "retrying into the same wall"
         return None
     if detector == "ping_pong":
         agents = [s.agent for s in steps] + [upcoming.agent]

@@ -62,8 +62,11 @@ def span_event(decision: Decision) -> tuple[str | None, str | None]:
 class DecisionLogWriter:
     """Appends decision records to the log from one background thread, in groups."""
 
-    def __init__(self, decision_log: DecisionLog, *, max_batch: int = 500) -> None:
+    def __init__(self, decision_log: DecisionLog, *, max_batch: int = 2000, linger_s: float = 0.05) -> None:
         self._log = decision_log
+        # Wait a little after the first record so a busy agent's decisions share a transaction:
+        # one append costs ~3 ms of CPU on its own, ~40 us per record in a batch of hundreds.
+        self._linger_s = linger_s
         self._queue: queue.Queue[DecisionRecord | threading.Event | None] = queue.Queue(maxsize=100_000)
         self._max_batch = max_batch
         self.dropped = 0
@@ -93,6 +96,8 @@ class DecisionLogWriter:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
+            if self._linger_s and not isinstance(item, threading.Event) and item is not None:
+                time.sleep(self._linger_s)
             batch: list[DecisionRecord] = []
             events: list[threading.Event] = []
             stop = False

@@ -60,7 +60,10 @@ class DecisionRecord:
     reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # not asdict(): it deep-copies every value, ~10 us per record on the writer's hot path
+        d = {name: getattr(self, name) for name in _CONTENT_FIELDS}
+        d["reasons"] = list(self.reasons)
+        return d
 
 
 _CONTENT_FIELDS = tuple(f.name for f in fields(DecisionRecord))
@@ -77,7 +80,22 @@ def chain_hash(prev_hash: str, seq: int, content: dict[str, Any]) -> str:
     doc["ts_ns"] = str(content["ts_ns"])
     doc["enforced"] = bool(content["enforced"])
     doc["reasons"] = list(content["reasons"])
-    return sha256_hex(prev_hash.encode("ascii") + canonical_json(doc))
+    return sha256_hex(prev_hash.encode("ascii") + _canonical(doc))
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    """RFC 8785 bytes for a decision's content, fast.
+
+    The content is strings, None, booleans, a list of strings and integers below 2**53, under
+    fixed ASCII keys. For exactly those, orjson with sorted keys writes the same bytes as
+    RFC 8785 (same escapes, UTF-8 kept, keys in code-unit order; a test compares them over
+    random strings) at ~1/30 of the cost of the pure-Python rfc8785 package, which stays the
+    fallback for anything orjson refuses (lone surrogates).
+    """
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return canonical_json(doc)
 
 
 @dataclass(slots=True)
