@@ -169,6 +169,8 @@ class Guard:
         self._scanners: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._kills: dict[str, KillSwitch] = {}
+        self._scanner_lock = threading.Lock()
+        self._warm_scanners()
         self.log_writer = DecisionLogWriter(DecisionLog(engine)) if record_decisions else None
         self._watcher: KillSwitchWatcher | None = None
         if watch_kill_switches:
@@ -199,7 +201,16 @@ class Guard:
         new = PolicySet(load_bundles(chosen))
         self.policy = new
         self._paths = chosen
+        self._warm_scanners()
         return new
+
+    def _warm_scanners(self) -> None:
+        """Build the scanners the policy uses in the background: Presidio takes ~3 s to load,
+        which should not land on the first tool call that needs it."""
+        rules = [r for b in self.policy.bundles for r in b.rules if r.kind == "scanner"]
+        if rules:
+            threading.Thread(target=lambda: [self._scanner(r) for r in rules], name="proctor-scanner-warmup",
+                             daemon=True).start()
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -503,7 +514,12 @@ class Guard:
     def _scanner(self, rule: Rule) -> Any:
         key = (rule.scanner, tuple(sorted(rule.entities)))
         sc = self._scanners.get(key)
-        if sc is None:
+        if sc is not None:
+            return sc
+        with self._scanner_lock:  # one build per scanner, even when the warm-up races a call
+            sc = self._scanners.get(key)
+            if sc is not None:
+                return sc
             from proctor import detectors
 
             if rule.scanner == "pii":
