@@ -1,15 +1,20 @@
 """`proctor demo`: a server and a SIMULATED fleet, seen the way a user sees them afterwards.
 
-The demo runs once per module, in this process, against a temp SQLite database; the checks go
-through the REST API of a fresh server on that database and through the CLI.
+The demo runs once per module, in this process, against a temp SQLite database, for one round
+of scenarios (the first runs play each scenario once, the governance ones included); the checks
+go through the REST API of a fresh server on that database, through the CLI, and through the
+stores the guard writes (decision log, approvals, budgets) and the demo's CRM.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import socket
+import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,18 +22,25 @@ from typing import Any
 import httpx
 import pytest
 from rich.console import Console
+from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 import proctor.sdk
 from proctor.cli.main import app
 from proctor.demo.crm import CRM
-from proctor.demo.fleet import Fleet, RunRecord
+from proctor.demo.fleet import ATTACKER_ADDRESS, TEST_CARDS, Fleet, RunRecord
+from proctor.demo.governance import SUPERVISOR, Supervisor, demo_guard
 from proctor.demo.run import DemoError, DemoSummary, run_demo
 from proctor.server.run import start_in_thread
+from proctor.store.approvals import ApprovalStore
+from proctor.store.budgets import BudgetLedger
+from proctor.store.decisions import DecisionLog
+from proctor.store.engine import open_engine
 
 from conftest import free_port
 
 AGENTS = ("support-triage", "refund-agent", "kb-researcher")
+CARD_DIGITS = [re.sub(r"\D", "", c) for c in TEST_CARDS]
 
 
 @dataclass
@@ -39,6 +51,28 @@ class Demo:
 
     def run(self, scenario: str) -> RunRecord:
         return next(r for r in self.summary.records if r.scenario == scenario)
+
+    def decisions(self, run: RunRecord) -> list[dict[str, Any]]:
+        """The run's session in the decision log, oldest first."""
+        engine = open_engine(self.db)
+        try:
+            return DecisionLog(engine).list(session_id=run.session_id, limit=10_000)[::-1]
+        finally:
+            engine.dispose()
+
+    def crm(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        db = sqlite3.connect(self.summary.crm_path)
+        db.row_factory = sqlite3.Row
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+
+def _refused(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str | None]]:
+    """(action, target, effect, rule) of every enforced decision that did more than allow."""
+    return [(r["action"], r["target"], r["effect"], r["rule_id"]) for r in rows
+            if r["enforced"] and r["effect"] != "allow"]
 
 
 def _run(tmp: Path, runs: int) -> Demo:
@@ -54,7 +88,8 @@ def _run(tmp: Path, runs: int) -> Demo:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
-    return _run(tmp_path_factory.mktemp("demo"), runs=6)
+    # one round: with the default seed the first runs play every scenario once
+    return _run(tmp_path_factory.mktemp("demo"), runs=len(Fleet.SCENARIOS))
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +108,13 @@ def _trace(api: httpx.Client, trace_id: str) -> dict[str, Any]:
     r = api.get(f"/api/traces/{trace_id}")
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def _held(api: httpx.Client, span: dict[str, Any]) -> bool:
+    """A tool call held for a human: recorded as such, not as a failure."""
+    full = api.get(f"/api/spans/{span['span_id']}").json()
+    attrs = full["attributes"] if isinstance(full["attributes"], dict) else json.loads(full["attributes"])
+    return span["status"] == "ok" and span["error_type"] is None and attrs.get("proctor.tool.held_for_approval") is True
 
 
 def _spans(doc: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
@@ -123,14 +165,23 @@ def test_a_flaky_tool_is_retried_and_the_run_succeeds(demo: Demo, api: httpx.Cli
     assert [s["status"] for s in lookups] == ["error", "ok"]
 
 
-def test_a_refused_refund_is_a_real_error_from_the_crm(demo: Demo, api: httpx.Client) -> None:
-    run = demo.run("refund_refused")
+def test_a_refused_refund_is_held_refused_by_the_supervisor_and_never_runs(demo: Demo, api: httpx.Client) -> None:
+    run = demo.run("refund_refused")  # this seed: the order was refunded in full earlier in the demo
     doc = _trace(api, run.trace_ids[0])
-    [refund] = _spans(doc, tool_name="issue_refund")
-    assert (refund["status"], refund["error_type"]) == ("error", "RefundRefused")
+    [refund] = _spans(doc, tool_name="issue_refund")  # held, and never run again
+    assert _held(api, refund)
+    [(approval_id, status)] = run.approvals.items()
+    assert status == "denied"
+    engine = open_engine(demo.db)
+    approval = ApprovalStore(engine).get(approval_id)
+    engine.dispose()
+    assert approval.decided_by == SUPERVISOR and "already refunded in full" in (approval.decision_reason or "")
     assert doc["spans"][0]["status"] != "error"  # the agent handled it: it emailed the customer
     [email] = _spans(doc, tool_name="send_email")
     assert email["status"] == "ok"
+    order_id = approval.arguments["order_id"]
+    assert demo.crm("SELECT * FROM outbox WHERE body LIKE ?",
+                    f"%could not refund order {order_id}: a supervisor declined it: {order_id} was already refunded%")
 
 
 def test_llm_spans_follow_the_genai_conventions_are_marked_simulated_and_priced(
@@ -180,8 +231,9 @@ def test_sub_agents_run_inside_the_triage_trace_and_are_spawned_by_it(demo: Demo
         assert spawned[agent]["to"] == root["span_id"]
         assert sub["name"] == f"invoke_agent {agent}" and sub["session_id"] == root["session_id"]
         assert by_id[sub["parent_span_id"]]["tool_name"] == tool  # agents as tools
-    [refund] = _spans(doc, tool_name="issue_refund")
-    assert refund["agent_name"] == "refund-agent" and refund["status"] == "ok"
+    held, ran = _spans(doc, tool_name="issue_refund")  # over $50: held for a human, then run once approved
+    assert _held(api, held) and held["tool_call_id"] == ran["tool_call_id"]
+    assert ran["agent_name"] == "refund-agent" and ran["status"] == "ok"
 
 
 def test_sessions_group_the_turns_of_a_conversation(demo: Demo, api: httpx.Client) -> None:
@@ -192,6 +244,7 @@ def test_sessions_group_the_turns_of_a_conversation(demo: Demo, api: httpx.Clien
     sessions = api.get("/api/sessions", params={"limit": 100}).json()["sessions"]
     assert len(sessions) == len(demo.summary.records)
     assert sorted(s["trace_count"] for s in sessions) == sorted(len(r.trace_ids) for r in demo.summary.records)
+    assert len(demo.run("research_over_budget").trace_ids) > 1  # a research conversation, until the budget
 
 
 def test_the_cli_lists_and_shows_the_demo_traces(demo: Demo) -> None:
@@ -227,11 +280,224 @@ def test_the_fleet_is_deterministic_given_a_seed(tmp_path: Path) -> None:
     def play(name: str) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]:
         crm = CRM(tmp_path / f"{name}.db", latency=False)
         fleet = Fleet(crm, seed=11, latency=False)
-        runs = [fleet.run_next() for _ in range(9)]
+        runs = [fleet.run_next() for _ in range(len(Fleet.SCENARIOS) + 2)]
         outbox = [(m["to_addr"], m["subject"], m["body"]) for m in crm.outbox()]
         crm.close()
         return [(r.scenario, r.agent, r.version, r.user, r.note, r.tool_errors, r.error) for r in runs], outbox
 
     first, second = play("a"), play("b")
     assert first == second
-    assert len({r[0] for r in first[0]}) == len(Fleet.SCENARIOS)  # the first runs cover every scenario
+    # the first runs cover every scenario
+    assert {r[0] for r in first[0][:len(Fleet.SCENARIOS)]} == {name for name, _ in Fleet.SCENARIOS}
+    # without a guard nothing stops the injected instruction: the demo's point
+    assert any(to == ATTACKER_ADDRESS for to, _, _ in first[1])
+
+
+# -- governance: every control leaves its trace ------------------------------------------------
+
+
+def test_a_runaway_search_is_cut_off_by_the_loop_rule(demo: Demo, api: httpx.Client) -> None:
+    run = demo.run("runaway_search")
+    assert run.error is None and run.stopped and run.stopped.startswith("session terminated by runaway-search")
+    assert _refused(demo.decisions(run)) == [("tool_call", "search_kb", "terminate_session", "runaway-search")]
+    doc = _trace(api, run.trace_ids[0])
+    searches = _spans(doc, tool_name="search_kb")
+    queries = {api.get(f"/api/spans/{s['span_id']}").json()["attributes"]["gen_ai.tool.call.arguments"]
+               for s in searches}
+    assert len(queries) == 1  # the same search each time
+    assert [s["status"] for s in searches] == ["ok", "ok", "error"]  # the third one never ran
+    assert searches[-1]["error_type"] == "SessionTerminated"
+    assert doc["spans"][0]["error_type"] == "SessionTerminated"
+
+
+def test_a_refund_over_the_limit_runs_only_after_a_human_approved_it(demo: Demo, api: httpx.Client) -> None:
+    run = demo.run("refund_damaged_item")
+    rows = demo.decisions(run)
+    [(approval_id, status)] = run.approvals.items()
+    assert status == "approved"
+    refund_rows = [(r["effect"], r["rule_id"]) for r in rows if r["target"] == "issue_refund" and r["enforced"]]
+    assert refund_rows == [("require_approval", "refunds-over-50"), ("allow", f"approval:{approval_id}")]
+    engine = open_engine(demo.db)
+    approval = ApprovalStore(engine).get(approval_id)
+    engine.dispose()
+    assert approval.status == "consumed" and approval.decided_by == SUPERVISOR  # approved, and used once
+    held, ran = _spans(_trace(api, run.trace_ids[0]), tool_name="issue_refund")
+    assert _held(api, held)
+    assert approval.decided_ns is not None and held["end_ns"] <= approval.decided_ns <= ran["start_ns"]
+    order_id = approval.arguments["order_id"]
+    assert [r["amount_usd"] for r in demo.crm("SELECT amount_usd FROM refunds WHERE order_id = ?", order_id)] \
+        == [approval.arguments["amount_usd"]]  # refunded exactly once
+
+
+def test_a_refund_above_the_supervisor_limit_stays_pending_and_is_not_executed(demo: Demo, api: httpx.Client) -> None:
+    run = demo.run("refund_over_limit")
+    assert run.error is None and run.stopped is None
+    [(approval_id, status)] = run.approvals.items()
+    assert status == "pending"
+    assert _refused(demo.decisions(run)) == [("tool_call", "issue_refund", "require_approval", "refunds-over-50")]
+    engine = open_engine(demo.db)
+    pending = ApprovalStore(engine).list("pending")
+    engine.dispose()
+    assert approval_id in {a.id for a in pending}  # still waiting for a human at the end of the demo
+    [held] = _spans(_trace(api, run.trace_ids[0]), tool_name="issue_refund")
+    assert _held(api, held)
+    order_id = next(a for a in pending if a.id == approval_id).arguments["order_id"]
+    assert demo.crm("SELECT * FROM refunds WHERE order_id = ?", order_id) == []
+    assert demo.crm("SELECT status FROM orders WHERE id = ?", order_id)[0]["status"] == "delivered"
+    assert demo.crm("SELECT * FROM outbox WHERE body LIKE ?", f"%order {order_id} needs a manager's approval%")
+
+
+def test_a_card_number_in_a_reply_email_is_redacted_before_the_email_is_sent(demo: Demo) -> None:
+    run = demo.run("card_number_in_reply")
+    assert _refused(demo.decisions(run)) == [("tool_call", "send_email", "redact", "card-numbers-in-email")]
+    bodies = [m["body"] for m in demo.crm("SELECT body FROM outbox WHERE body LIKE '%<CREDIT_CARD>%'")]
+    assert bodies and "we checked the charges on card <CREDIT_CARD>" in bodies[0]
+    sent = " ".join(m["body"] for m in demo.crm("SELECT body FROM outbox"))
+    assert not any(d in re.sub(r"\D", "", sent) for d in CARD_DIGITS)
+
+
+def test_the_recorded_email_span_holds_the_redacted_body_and_no_tool_span_stores_the_card(
+    demo: Demo, api: httpx.Client
+) -> None:
+    run = demo.run("card_number_in_reply")
+    doc = _trace(api, run.trace_ids[0])
+    [email] = _spans(doc, tool_name="send_email")
+    attrs = api.get(f"/api/spans/{email['span_id']}").json()["attributes"]
+    assert attrs["proctor.tool.arguments_redacted"] is True
+    assert "<CREDIT_CARD>" in json.loads(attrs["gen_ai.tool.call.arguments"])["body"]
+    for tool in _spans(doc, kind="tool"):
+        stored = json.dumps(api.get(f"/api/spans/{tool['span_id']}").json())
+        assert not any(d in re.sub(r"\D", "", stored) for d in CARD_DIGITS), tool["tool_name"]
+
+
+def test_an_instruction_injected_in_a_ticket_cannot_send_the_customer_list_out(
+    demo: Demo, api: httpx.Client
+) -> None:
+    run = demo.run("ticket_injection")
+    assert run.error is None and run.refusals == 1
+    assert _refused(demo.decisions(run)) == [
+        ("tool_result", "get_ticket", "warn", "ticket-injection"),
+        ("tool_call", "send_email", "deny", "no-exfiltration-from-tickets"),
+    ]
+    assert demo.crm("SELECT * FROM outbox WHERE to_addr = ?", ATTACKER_ADDRESS) == []  # never sent
+    doc = _trace(api, run.trace_ids[0])
+    leak, answer = _spans(doc, tool_name="send_email")
+    assert (leak["status"], leak["error_type"]) == ("error", "ActionDenied")
+    assert answer["status"] == "ok"  # the customer still got an answer
+    # the model read the refusal as a tool error and reacted to it
+    llm = _spans(doc, kind="llm")
+    after = next(s for s in llm if s["start_ns"] > leak["end_ns"])
+    seen = api.get(f"/api/spans/{after['span_id']}").json()["attributes"]["gen_ai.input.messages"]
+    assert "Refused by policy rule no-exfiltration-from-tickets" in seen
+    final = json.loads(api.get(f"/api/spans/{doc['spans'][0]['span_id']}").json()["attributes"]
+                       ["gen_ai.output.messages"])[0]["parts"][0]["content"]
+    assert "refused by no-exfiltration-from-tickets; not retried" in final
+
+
+def test_a_research_session_stops_gracefully_at_its_token_budget(demo: Demo, api: httpx.Client) -> None:
+    run = demo.run("research_over_budget")
+    assert run.error is None and run.stopped and run.stopped.startswith("model call refused by research-session-tokens")
+    rows = demo.decisions(run)
+    assert _refused(rows) == [("llm_call", "claude-3-5-haiku", "deny", "research-session-tokens")]
+    engine = open_engine(demo.db)
+    usage = {u.metric: u for u in BudgetLedger(engine).usage(f"session:{run.session_id}")}
+    engine.dispose()
+    assert 0 < usage["tokens"].used <= usage["tokens"].limit == 20_000 and usage["tokens"].reserved == 0
+    root = _trace(api, run.trace_ids[-1])["spans"][0]
+    assert root["status"] != "error"  # stopped, not crashed: the turn ends with the framework's answer
+    out = json.loads(api.get(f"/api/spans/{root['span_id']}").json()["attributes"]["gen_ai.output.messages"])
+    assert out[0]["parts"][0]["content"].startswith("[stopped]")
+
+
+def test_two_agents_handing_a_case_back_and_forth_are_stopped(demo: Demo, api: httpx.Client) -> None:
+    run = demo.run("handoff_ping_pong")
+    assert run.error is None and run.stopped and run.stopped.startswith("session terminated by handoff-ping-pong")
+    rows = demo.decisions(run)
+    [(action, target, effect, rule)] = _refused(rows)
+    assert (action, effect, rule) == ("tool_call", "terminate_session", "handoff-ping-pong")
+    # each agent's calls are judged as that agent's, also as a sub-agent in the shared session
+    handoffs = [(r["agent"], r["target"]) for r in rows if r["target"] and r["target"].startswith("transfer_to")]
+    assert handoffs[:4] == [("support-triage", "transfer_to_refund_agent"),
+                            ("refund-agent", "transfer_to_support_triage")] * 2
+    assert len(handoffs) == 6 and handoffs[-1][1] == target
+    doc = _trace(api, run.trace_ids[0])
+    agents = [s["agent_name"] for s in _spans(doc, kind="agent") if s["agent_name"] != "kb-researcher"]
+    assert agents == ["support-triage", "refund-agent"] * 3
+    assert all(s["error_type"] == "SessionTerminated" for s in _spans(doc, kind="agent")
+               if s["agent_name"] != "kb-researcher")
+
+
+def test_the_governed_demo_ends_with_pending_approvals_terminated_sessions_and_an_intact_log(demo: Demo) -> None:
+    gov = demo.summary.governance
+    assert gov is not None
+    assert {"allow", "warn", "redact", "require_approval", "deny", "terminate_session"} <= set(gov.decisions)
+    assert gov.approvals.get("approved") and gov.approvals.get("denied") and gov.pending_ids
+    assert sorted(gov.terminated.values()) == ["handoff-ping-pong", "runaway-search"]
+    assert {gov.terminated[r.session_id] for r in demo.summary.records if r.session_id in gov.terminated} \
+        == {"handoff-ping-pong", "runaway-search"}
+    out = demo.output
+    assert "Governance" in out and f"{len(gov.pending_ids)} pending" in out
+    assert f"proctor approvals ls --db {demo.db}" in out
+    assert f"proctor approvals approve {gov.pending_ids[0]} --db {demo.db}" in out
+    assert f"proctor audit verify --db {demo.db}" in out
+    runner = CliRunner()
+    verify = runner.invoke(app, ["audit", "verify", "--db", demo.db, "--json"])
+    assert verify.exit_code == 0, verify.output
+    doc = json.loads(verify.stdout)
+    assert doc["ok"] and doc["checked"] == sum(gov.decisions.values()) + gov.shadow
+    listed = runner.invoke(app, ["approvals", "ls", "--db", demo.db, "--json"])
+    assert {a["id"] for a in json.loads(listed.stdout)["approvals"]} == set(gov.pending_ids)
+
+
+@contextmanager
+def _governed_fleet(tmp_path: Path, name: str, *, seed: int = 11) -> Iterator[tuple[Fleet, Engine, CRM]]:
+    """A fleet in this process with the demo's guard and supervisor, on a database of its own."""
+    engine = open_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
+    crm = CRM(tmp_path / f"{name}-crm.db", latency=False)
+    guard = demo_guard(engine)
+    previous = proctor.sdk.use_guard(guard)
+    supervisor = Supervisor(ApprovalStore(engine), crm.path, latency=False).start()
+    try:
+        yield Fleet(crm, seed=seed, latency=False, approval_wait_s=0.5), engine, crm
+    finally:
+        supervisor.stop()
+        proctor.sdk.use_guard(previous)
+        guard.close()
+        crm.close()
+        engine.dispose()
+
+
+def test_the_governed_fleet_is_deterministic_given_a_seed(tmp_path: Path) -> None:
+    def play(name: str) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+        with _governed_fleet(tmp_path, name) as (fleet, _, crm):
+            runs = [fleet.run_next() for _ in range(len(Fleet.SCENARIOS))]
+            outbox = [(m["to_addr"], m["body"]) for m in crm.outbox()]
+        return [(r.scenario, r.error, r.stopped, r.refusals, r.decisions, r.rules, sorted(r.approvals.values()))
+                for r in runs], outbox
+
+    first, second = play("a"), play("b")
+    assert first == second
+    assert all(to != ATTACKER_ADDRESS for to, _ in first[1])
+
+
+@pytest.mark.parametrize("approve", [True, False], ids=["approved", "denied"])
+def test_a_held_refund_is_finished_once_a_human_decides_it(tmp_path: Path, approve: bool) -> None:
+    with _governed_fleet(tmp_path, "held") as (fleet, engine, crm):
+        fleet._deck = ["refund_over_limit"]
+        run = fleet.run_next()
+        [(approval_id, status)] = run.approvals.items()
+        assert status == "pending" and fleet.resume_decided() == []  # nobody decided yet
+        order_id = ApprovalStore(engine).get(approval_id).arguments["order_id"]
+        verb = "approve" if approve else "deny"
+        r = CliRunner().invoke(app, ["approvals", verb, approval_id, "--by", "a manager", "--db", str(engine.url)])
+        assert r.exit_code == 0, r.output
+        [resumed] = fleet.resume_decided()
+        assert resumed.session_id == run.session_id and resumed.error is None
+        refunds = crm.db.execute("SELECT * FROM refunds WHERE order_id = ?", (order_id,)).fetchall()
+        last_mail = crm.outbox()[-1]["body"]
+        if approve:
+            assert ApprovalStore(engine).get(approval_id).status == "consumed"
+            assert len(refunds) == 1 and "a manager approved your refund" in last_mail
+        else:
+            assert refunds == [] and "could not approve it" in last_mail
+        assert fleet.resume_decided() == []  # finished once

@@ -55,7 +55,7 @@ def test_lint_prints_one_line_per_valid_bundle() -> None:
     assert result.exit_code == 0, result.output
     [line] = result.stdout.splitlines()
     assert line.startswith("ok  support@1  ")
-    assert "13 rules" in line and "scope: agents=support-triage,refund-agent" in line and "support.yaml" in line
+    assert "14 rules" in line and "scope: agents=support-triage,refund-agent" in line and "support.yaml" in line
 
 
 def test_lint_reports_every_problem_as_file_line_where_message_and_exits_1(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_lint_json_lists_bundles_problems_and_warnings(tmp_path: Path) -> None:
     doc = run_json("lint", str(SUPPORT))
     assert doc["ok"] is True and doc["problems"] == [] and doc["warnings"] == []
     [b] = doc["bundles"]
-    assert (b["ref"], b["rules"], b["mode"], len(b["hash"])) == ("support@1", 13, "enforce", 64)
+    assert (b["ref"], b["rules"], b["mode"], len(b["hash"])) == ("support@1", 14, "enforce", 64)
     bad = write(tmp_path / "bad.yaml", BUNDLE_HEAD % "bad" + "spec: {rules: [{id: x, effect: maybe}]}\n")
     doc = run_json("lint", str(bad), code=1)
     assert doc["ok"] is False and doc["bundles"] == []

@@ -145,7 +145,7 @@ class CRM:
         self.db.row_factory = sqlite3.Row
         self.latency = latency
         self._rng = random.Random(seed)
-        self._lookups: dict[str, int] = {}  # email -> attempts, for the flaky shard
+        self._lookups: dict[str, int] = {}  # customer id -> lookups, for the flaky shard
         self._clock = _EPOCH + timedelta(days=30)
         self._seq = {"T": 3100, "R": 4100, "M": 5100}
         self.db.executescript(SCHEMA)
@@ -212,18 +212,26 @@ class CRM:
     def orders_of(self, customer_id: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM orders WHERE customer_id = ? ORDER BY id", customer_id)
 
+    def order(self, order_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM orders WHERE id = ?", order_id)
+
     def outbox(self) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM outbox ORDER BY id")
 
     # -- tools ----------------------------------------------------------------------------
-    def lookup_customer(self, email: str) -> dict[str, Any]:
-        """Find a customer by email address."""
-        row = self._one("SELECT * FROM customers WHERE lower(email) = lower(?)", email.strip())
+    def lookup_customer(self, email: str | None = None, customer_id: str | None = None) -> dict[str, Any]:
+        """Find a customer by email address or by customer id."""
+        if email:
+            row = self._one("SELECT * FROM customers WHERE lower(email) = lower(?)", email.strip())
+        elif customer_id:
+            row = self._one("SELECT * FROM customers WHERE id = ?", customer_id.strip())
+        else:
+            raise ValueError("lookup_customer needs an email or a customer_id")
         if row is None:
             self._wait()
-            raise NotFoundError(f"no customer with email {email!r}")
+            raise NotFoundError(f"no customer with email {email!r}" if email else f"no customer {customer_id!r}")
         health = SHARD_HEALTH[row["shard"]]
-        attempt = self._lookups[email] = self._lookups.get(email, 0) + 1
+        attempt = self._lookups[row["id"]] = self._lookups.get(row["id"], 0) + 1
         if health == "down" or (health == "flaky" and attempt == 1):
             self._wait(20, 35)  # a 2 s client timeout, compressed for the demo
             raise UpstreamTimeout(f"crm-{row['shard']} did not answer within 2.0 s (simulated timeout)")
@@ -242,10 +250,12 @@ class CRM:
                 for r in rows]
 
     def get_ticket(self, ticket_id: str) -> dict[str, Any]:
-        """Read a support ticket with the customer's email."""
+        """Read a support ticket: who wrote it (customer id), about which order, and what they wrote."""
+        # The subject and body are the customer's own words: untrusted content (see demo/policy.yaml).
+        # The customer's email address is deliberately not part of it: it comes from the CRM
+        # (lookup_customer), so replying to the customer never copies an address out of a ticket.
         self._wait()
-        row = self._one("SELECT t.*, c.email FROM tickets t JOIN customers c ON c.id = t.customer_id"
-                        " WHERE t.id = ?", ticket_id)
+        row = self._one("SELECT * FROM tickets WHERE id = ?", ticket_id)
         if row is None:
             raise NotFoundError(f"no ticket {ticket_id!r}")
         return row
@@ -311,7 +321,7 @@ SIDE_EFFECTS = {
     "lookup_customer": "read",
     "list_orders": "read",
     "get_ticket": "read",
-    "issue_refund": "write",
+    "issue_refund": "irreversible",
     "send_email": "external",
     "search_kb": "read",
 }

@@ -98,11 +98,21 @@ def provider_error(status_code: int = 429, message: str = "Rate limit reached fo
 
 @dataclass(frozen=True, slots=True)
 class ToolFailure:
-    """What a script receives for a tool call that raised."""
+    """What a script receives for a tool call that raised, or that the guard refused.
+
+    ``policy`` is set for a refusal: ``effect``, ``rule_id``, and for a call that needed a
+    human, ``approval_id`` and ``approval_status`` (approved, denied, pending, expired).
+    """
 
     error_type: str
     message: str
     retryable: bool = False
+    policy: dict[str, Any] | None = None
+
+    @property
+    def refused_by(self) -> str | None:
+        """The policy rule that refused the call, if the guard refused it."""
+        return self.policy.get("rule_id") if self.policy else None
 
 
 class SimulatedProviderError(Exception):
@@ -125,6 +135,8 @@ class Reply:
     message: dict[str, Any]  # the assistant message, OTel GenAI format
     tool_calls: list[ToolCall] = field(default_factory=list)
     text: str | None = None
+    input_tokens: int = 0  # the usage the (simulated) provider reported
+    output_tokens: int = 0
 
 
 def text_message(role: str, text: str) -> dict[str, Any]:
@@ -135,10 +147,14 @@ def tool_response(call_id: str, response: Any) -> dict[str, Any]:
     return {"type": "tool_call_response", "id": call_id, "response": response}
 
 
-def failure_response(exc: BaseException) -> dict[str, Any]:
-    """A tool error as the model sees it in the next request."""
-    return {"error": {"type": type(exc).__name__, "message": str(exc),
-                      "retryable": bool(getattr(exc, "retryable", False))}}
+def failure_response(exc: BaseException, *, message: str | None = None,
+                     policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A tool error as the model sees it in the next request (with the policy verdict, for a refusal)."""
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc) if message is None else message,
+                             "retryable": bool(getattr(exc, "retryable", False))}
+    if policy is not None:
+        error["policy"] = policy
+    return {"error": error}
 
 
 def _tokens(value: Any) -> int:
@@ -191,7 +207,7 @@ class ScriptedModel:
             resp = part["response"]
             if isinstance(resp, dict) and set(resp) == {"error"}:
                 err = resp["error"]
-                results.append(ToolFailure(err["type"], err["message"], err["retryable"]))
+                results.append(ToolFailure(err["type"], err["message"], err["retryable"], err.get("policy")))
             else:
                 results.append(resp)
         return results[0] if len(results) == 1 else results
@@ -253,6 +269,7 @@ class ScriptedModel:
             })
             if cache_read:
                 span.set_attribute("gen_ai.usage.cache_read.input_tokens", cache_read)
+        reply.input_tokens, reply.output_tokens = input_tokens, output_tokens
         return reply
 
     def _sleep(self, seconds: float) -> None:

@@ -3,6 +3,12 @@
 The fleet reaches the server the way any agent would: the SDK in HTTP mode, OTLP over
 loopback. Spans go into the default database (``--db``, ``PROCTOR_DATABASE_URL`` or
 ``.proctor/proctor.db``), so ``proctor traces ls`` works right after.
+
+The fleet is governed: a guard with the demo's policy bundle (``demo/policy.yaml``) on the same
+database checks every tool and model call, and a SIMULATED supervisor answers most approval
+requests (``demo.governance``). Budgets, approvals and the hash-chained decision log are in
+that database too, so ``proctor approvals ls``, ``proctor decisions ls`` and ``proctor audit
+verify`` work right after as well.
 """
 
 from __future__ import annotations
@@ -29,14 +35,25 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
 import proctor.sdk
 from proctor.demo.crm import CRM
 from proctor.demo.fleet import AGENTS, SEED, Fleet, RunRecord
+from proctor.demo.governance import (
+    POLICY,
+    SIGN_OFF_LIMIT_USD,
+    SUPERVISOR,
+    GovernanceFigures,
+    Supervisor,
+    demo_guard,
+    governance_figures,
+)
 from proctor.demo.model import MODELS
-from proctor.store import DatabaseURLError
+from proctor.store import DatabaseURLError, open_engine
 from proctor.store import database_url as resolve_database_url
+from proctor.store.approvals import ApprovalStore
 
 SERVICE_NAME = "proctor-demo-fleet"
 
@@ -52,6 +69,7 @@ class DemoSummary:
     crm_path: str
     records: list[RunRecord] = field(default_factory=list)
     interrupted: bool = False
+    governance: GovernanceFigures | None = None
 
     @property
     def trace_ids(self) -> list[str]:
@@ -108,8 +126,11 @@ def run_demo(
     url = f"http://127.0.0.1:{port}"
     scratch = tempfile.TemporaryDirectory(prefix="proctor-demo-")
     crm: CRM | None = None
+    supervisor: Supervisor | None = None
+    engine: Engine | None = None
     summary = DemoSummary(url, db_url, "")
     try:
+        engine = open_engine(db_url)  # the guard's shared state: the same database the server uses
         crm = CRM(_crm_path(db_url, Path(scratch.name)))
         summary.crm_path = str(crm.path)
         _print_banner(console, url, db_url, crm.path)
@@ -119,25 +140,37 @@ def run_demo(
         # recorder, which belongs to this init().
         provider = proctor.sdk.init(url=url, service_name=SERVICE_NAME, instrument=False,
                                     spool_dir=Path(scratch.name) / "spool", set_global=False)
-        fleet = Fleet(crm, seed=SEED, tracer=provider.get_tracer("proctor.demo"))
+        # The guard governs the fleet's sessions in this process: proctor.sdk.shutdown() closes it.
+        proctor.sdk.use_guard(demo_guard(engine))
         started_ns = time.time_ns()
+        supervisor = Supervisor(ApprovalStore(engine), crm.path, seed=SEED).start()
+        fleet = Fleet(crm, seed=SEED, tracer=provider.get_tracer("proctor.demo"))
         summary.interrupted = _simulate(fleet, runs, console, summary.records)
         proctor.sdk.flush()
+        summary.governance = governance_figures(engine, started_ns)
         _print_summary(console, summary, database_url, started_ns)
         if serve_after and not summary.interrupted:
-            console.print(f"\n[bold]Serving on {url}[/] — press Ctrl-C to stop.")
+            console.print(f"\n[bold]Serving on {url}[/] — press Ctrl-C to stop. Approve or deny a held refund "
+                          "meanwhile and the fleet finishes it.")
             try:
                 while thread.is_alive():
                     thread.join(0.5)
+                    for record in fleet.resume_decided():
+                        summary.records.append(record)
+                        console.print(_run_row(record, console.width))
             except KeyboardInterrupt:
                 console.print("stopping")
         return summary
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         proctor.sdk.shutdown()
         server.should_exit = True
         thread.join(10)
         if crm is not None:
             crm.close()
+        if engine is not None:
+            engine.dispose()
         scratch.cleanup()
 
 
@@ -150,7 +183,10 @@ def _print_banner(console: Console, url: str, db_url: str, crm_path: Path) -> No
         f"tokens would cost on {priced} (genai-prices). The tools are real functions over a demo SQLite "
         f"CRM ({crm_path}).\n"
         f"Agents: {agents}. Every span carries [bold]proctor.simulated = true[/]; "
-        f"service.name = {SERVICE_NAME}.",
+        f"service.name = {SERVICE_NAME}.\n"
+        f"Governed by the policy in {POLICY}: every tool and model call is checked first. Approval requests are "
+        f"answered by {SUPERVISOR}, a script that decides from the CRM's facts and leaves refunds above "
+        f"${SIGN_OFF_LIMIT_USD:.0f} for you.",
         title="proctor demo", title_align="left", border_style="yellow",
     ))
     table = Table.grid(padding=(0, 2))
@@ -170,6 +206,9 @@ def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord
         task = progress.add_task("simulating runs", total=runs or None)
         try:
             for _ in itertools.count() if runs == 0 else range(runs):
+                for resumed in fleet.resume_decided():  # held refunds someone decided meanwhile
+                    records.append(resumed)
+                    progress.console.print(_run_row(resumed, console.width))
                 record = fleet.run_next()
                 records.append(record)
                 progress.console.print(_run_row(record, console.width))
@@ -180,27 +219,65 @@ def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord
     return False
 
 
+_EFFECT_STYLE = {"warn": "yellow", "redact": "yellow", "require_approval": "yellow", "deny": "red",
+                 "terminate_session": "bold magenta"}
+_APPROVAL_STYLE = {"approved": "green", "denied": "red", "pending": "bold yellow", "expired": "dim"}
+
+
+def _policy_cell(r: RunRecord) -> Text:
+    """What the guard did in the run: each rule that did more than allow, and what it did."""
+    cell = Text()
+    for rule, effect in r.rules.items():
+        if cell:
+            cell.append(", ")
+        if effect == "require_approval" and r.approvals:
+            statuses = list(dict.fromkeys(r.approvals.values()))
+            cell.append(f"{rule} → ")
+            for i, status in enumerate(statuses):
+                cell.append(("/" if i else "") + status, style=_APPROVAL_STYLE.get(status, ""))
+        else:
+            cell.append(f"{rule}: ")
+            cell.append(effect.replace("terminate_session", "terminated"), style=_EFFECT_STYLE.get(effect, ""))
+    return cell
+
+
 def _run_row(r: RunRecord, width: int) -> RenderableType:
-    """One finished run in fixed-width columns; what the run was about only when there is room."""
-    mark = "[bold red]✗[/]" if r.error else ("[yellow]![/]" if r.tool_errors else "[green]✓[/]")
+    """One finished run in fixed-width columns; the policy and what the run was about when there is room."""
+    if r.error:
+        mark = "[bold red]✗[/]"
+    elif r.stopped:
+        mark = "[bold magenta]⊘[/]"
+    elif r.tool_errors or r.refusals:
+        mark = "[yellow]![/]"
+    else:
+        mark = "[green]✓[/]"
     n = len(r.trace_ids)
     outcome = f"{n} trace{'s' * (n != 1)}"
     if r.tool_errors:
         outcome += f" · [yellow]{r.tool_errors} tool error{'s' * (r.tool_errors != 1)}[/]"
+    if r.refusals:
+        outcome += f" · [red]{r.refusals} refused[/]"
     row = Table.grid(padding=(0, 1))
-    row.add_column(width=1)
-    row.add_column(width=3, no_wrap=True)
-    row.add_column(width=25, no_wrap=True)
-    row.add_column(width=22, no_wrap=True)
-    row.add_column(width=24, no_wrap=True)
-    cells = [mark, f"#{r.index}", f"{r.agent} {r.version}", r.scenario, outcome]
-    if width >= 110:
-        row.add_column(style="dim")
-        cells.append(r.note)
+    widths = [1, 4, 25, 22, 24]
+    cells: list[RenderableType] = [mark, f"#{r.index}", f"{r.agent} {r.version}", r.scenario, outcome]
+    for w in widths:
+        row.add_column(width=w, no_wrap=True, overflow="ellipsis")
+    used = sum(widths) + len(widths)
+    policy = _policy_cell(r)
+    if width - used >= 64:  # room for what the guard did and what the run was about
+        row.add_column(width=44, no_wrap=True, overflow="ellipsis")
+        row.add_column(style="dim", width=width - used - 45, no_wrap=True, overflow="ellipsis")
+        cells += [policy, r.note]
+    elif width - used >= 16:  # room for one of them: the guard's part, if it did something
+        row.add_column(style="" if policy else "dim", width=width - used, no_wrap=True, overflow="ellipsis")
+        cells.append(policy or r.note)
     row.add_row(*cells)
-    if not r.error:
-        return row
-    return Group(row, Padding(Text(f"└ {r.error}", style="red"), (0, 0, 0, 6)))
+    lines: list[RenderableType] = [row]
+    if r.error:
+        lines.append(Padding(Text(f"└ {r.error}", style="red"), (0, 0, 0, 6)))
+    if r.stopped:
+        lines.append(Padding(Text(f"└ {r.stopped}", style="magenta"), (0, 0, 0, 6)))
+    return lines[0] if len(lines) == 1 else Group(*lines)
 
 
 def _print_summary(console: Console, summary: DemoSummary, database_url: str | None, started_ns: int) -> None:
@@ -220,6 +297,10 @@ def _print_summary(console: Console, summary: DemoSummary, database_url: str | N
         console.print(f"\n[bold]{len(summary.trace_ids)} traces[/] from {len(records)} runs "
                       f"(could not read statistics: {exc})")
 
+    gov = summary.governance
+    if gov is not None:
+        _print_governance(console, gov, records)
+
     db = f" --db {shlex.quote(database_url)}" if database_url else ""
     show = next((r for r in records if r.scenario == "refund_damaged_item" and r.trace_ids), records[0])
     failed = next((r for r in records if r.error), None)
@@ -234,7 +315,44 @@ def _print_summary(console: Console, summary: DemoSummary, database_url: str | N
         (f"proctor stats{db}", "cost, tokens, latency by agent and tool"),
         (f"curl {summary.url}/api/traces", "the same data as JSON"),
     ]
+    if gov is not None:
+        terminated = next((r for r in records if r.stopped and r.stopped.startswith("session terminated")), None)
+        pending = gov.pending_ids[0] if gov.pending_ids else None
+        examples += [
+            (f"proctor approvals ls{db}", f"{len(gov.pending_ids)} held refund"
+                                         f"{'s' * (len(gov.pending_ids) != 1)} waiting for a human"),
+            (f"proctor approvals approve {pending}{db}" if pending else "",
+             "approve one yourself (or deny it); the fleet finishes it while the demo serves"),
+            (f"proctor decisions ls --effect deny{db}", "what the guard refused, and why"),
+            (f"proctor sessions show {terminated.session_id}{db}" if terminated else "", "a session the guard ended"),
+            (f"proctor audit verify{db}", "check the decision log's hash chain is intact"),
+        ]
     console.print("\nTry:")
     for cmd, what in examples:
         if cmd:
             console.print(f"  [bold cyan]{cmd}[/]  [dim]# {what}[/]", highlight=False, soft_wrap=True)
+
+
+_EFFECT_ORDER = ("allow", "warn", "redact", "require_approval", "deny", "terminate_session")
+
+
+def _print_governance(console: Console, gov: GovernanceFigures, records: list[RunRecord]) -> None:
+    """The guard's figures: decisions by effect, approvals by outcome, sessions it ended."""
+    effects = " · ".join(f"{gov.decisions[e]} {e}" for e in _EFFECT_ORDER if gov.decisions.get(e))
+    shadow = f" · {gov.shadow} shadow (recorded, not enforced)" if gov.shadow else ""
+    console.print(f"\n[bold]Governance[/] ({POLICY.parent.name}/{POLICY.name}): {gov.total} decisions · "
+                  f"{effects or 'none'}{shadow}", highlight=False)
+    a = gov.approvals
+    pending = len(gov.pending_ids)
+    console.print(
+        f"  approvals: {a.get('approved', 0)} approved · {a.get('denied', 0)} denied"
+        + (f" · {a['expired']} expired" if a.get("expired") else "")
+        + f" · [bold yellow]{pending} pending[/] (above {SUPERVISOR}'s ${SIGN_OFF_LIMIT_USD:.0f}: yours to decide)",
+        highlight=False)
+    by_rule: dict[str, int] = {}
+    for rule in gov.terminated.values():
+        by_rule[rule] = by_rule.get(rule, 0) + 1
+    ended = ", ".join(f"{rule} ×{n}" for rule, n in by_rule.items())
+    budget = sum(1 for r in records if r.stopped and r.stopped.startswith("model call refused"))
+    console.print(f"  sessions terminated: {len(gov.terminated)}" + (f" ({ended})" if ended else "")
+                  + f" · runs stopped by a budget: {budget}", highlight=False)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 from sqlalchemy import Engine
 
 from proctor.core.canonical import sha256_hex
@@ -502,7 +503,9 @@ class Guard:
         out = []
         for b, r in rules:
             value = {k: args[k] for k in r.sink_args if k in args} if r.sink_args else args
-            hits = gs.taint.check(value, path="args")
+            # a bare domain is too coarse: one address in a ticket would taint every
+            # recipient at that company; addresses, URLs, numbers and ids are specific
+            hits = [h for h in gs.taint.check(value, path="args") if h.kind != "domain"]
             hits = [h for h in hits if not r.sources or r.sources.matches(h.source.split(":", 1)[-1])
                     or r.sources.matches(h.source)]
             if hits:
@@ -575,7 +578,10 @@ class Guard:
                         matches.append(Match(r.id, r.effect, r.enforced, r.message or "session time budget",
                                              b.name, reason=f"session ran {elapsed:.1f}s > limit {limit:g}s"))
                     continue
-                parts[(key, metric)] = amounts.get(metric, 0.0)
+                amount = amounts.get(metric, 0.0)
+                if amount <= 0:  # nothing to claim on this counter for this kind of call
+                    continue
+                parts[(key, metric)] = amount
                 limits[(key, metric)] = limit
         if parts:
             res = self.budgets.reserve(parts, limits=limits)
@@ -630,11 +636,14 @@ class Guard:
                 d.approval_id = denial.id
                 return d
         if approval is None:
+            ctx = trace.get_current_span().get_span_context()  # so the approval links to its trace
+            trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
+            span_id = format(ctx.span_id, "016x") if ctx.is_valid else None
             req = self.approvals.request(
                 digest=digest, tool=permit.target, arguments=args if isinstance(args, dict) else {"value": args},
                 policy_hash=decision.policy_hash, session_id=gs.session_id, agent=permit.agent or "",
                 rule_id=decision.rule_id or "", message=decision.message, ttl_s=self.approval_ttl_s,
-                trace_id=None, span_id=None)
+                trace_id=trace_id, span_id=span_id)
             if self.approval_webhook and req.requested_ns >= time.time_ns() - 5_000_000_000:
                 post_webhook(self.approval_webhook, slack_message(req, self.console_url))
             decision.approval_id = req.id

@@ -66,10 +66,11 @@ def check_tool(tool: str, args: dict[str, Any]) -> Permit | None:
     g = _guard
     if g is None:
         return None
-    gs = guard_session()
-    if gs is None:
+    info = current_session()
+    gs = guard_session(info)
+    if gs is None or info is None:
         return None
-    return g.check_tool(gs, tool, args)
+    return g.check_tool(gs, tool, args, agent=info.agent)  # the acting agent, not the session's first
 
 
 class LlmCall:
@@ -104,8 +105,10 @@ def llm_call(model: str, *, max_tokens: int | None = None, prompt: Any = None) -
     If the block raises before ``done``, the reservation is released as an error step.
     """
     g = _guard
-    gs = guard_session() if g is not None else None
-    permit = g.check_llm(gs, model, max_tokens=max_tokens, prompt=prompt) if g is not None and gs is not None else None
+    info = current_session()
+    gs = guard_session(info) if g is not None else None
+    permit = (g.check_llm(gs, model, max_tokens=max_tokens, prompt=prompt, agent=info.agent if info else None)
+              if g is not None and gs is not None else None)
     call = LlmCall(permit)
     try:
         yield call
@@ -120,7 +123,8 @@ def llm_call(model: str, *, max_tokens: int | None = None, prompt: Any = None) -
 def check_input(content: Any, *, source: str | None = None) -> Any:
     """Scan content entering the session; values from an untrusted ``source`` are tracked."""
     g = _guard
-    gs = guard_session() if g is not None else None
+    info = current_session()
+    gs = guard_session(info) if g is not None else None
     if g is None or gs is None:
         return content
-    return g.check_input(gs, content, source=source)
+    return g.check_input(gs, content, source=source, agent=info.agent if info else None)

@@ -14,6 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
+from proctor.guard.errors import ApprovalPending
 from proctor.guard.recording import pending_events
 from proctor.sdk import governance, setup
 from proctor.sdk.context import current_session
@@ -143,6 +144,8 @@ class _ToolCall:
         if permit.draft:
             return governance.Draft(self.spec.name, dict(self.named), permit.decision)
         if permit.args is not self.named:
+            # record what the tool really received: the redacted arguments, never the originals
+            self.attrs["gen_ai.tool.call.arguments"] = _to_json(permit.args)
             self.attrs["proctor.tool.arguments_redacted"] = True
             return permit.args
         return None
@@ -164,10 +167,18 @@ class _ToolCall:
         self.attrs["gen_ai.tool.call.result"] = _to_json(result)
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        if exc is not None and isinstance(exc, ApprovalPending):
+            # held for a human, not failed: the span says so and stays out of the error counts
+            self.attrs["proctor.tool.held_for_approval"] = True
+            self.attrs["proctor.approval.id"] = exc.approval.id
+            self.attrs["gen_ai.tool.call.result"] = _to_json(f"held for approval {exc.approval.id}")
+            exc_type = exc = tb = None
         if self.otel_span is not None:
             span = self.otel_span
-            if "gen_ai.tool.call.result" in self.attrs:
-                span.set_attribute("gen_ai.tool.call.result", self.attrs["gen_ai.tool.call.result"])
+            for key in ("gen_ai.tool.call.result", "gen_ai.tool.call.arguments", "proctor.tool.held_for_approval",
+                        "proctor.approval.id", "proctor.tool.arguments_redacted"):
+                if key in self.attrs:
+                    span.set_attribute(key, self.attrs[key])
             if exc is not None:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, f"{exc_type.__name__}: {exc}"))
