@@ -146,15 +146,19 @@ def load_bundle_text(text: str, source: str = "<string>") -> list[PolicyBundle]:
     return bundles
 
 
-def load_bundle_file(path: str | Path) -> list[PolicyBundle]:
+def read_text(path: str | Path) -> str:
+    """A policy or cases file's text, or PolicyError naming the file when it cannot be read."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except OSError as e:
         raise PolicyError([Problem(str(p), 1, "", f"cannot read: {e.strerror or e}")]) from None
     except UnicodeDecodeError as e:
         raise PolicyError([Problem(str(p), 1, "", f"not UTF-8 text: {e}")]) from None
-    return load_bundle_text(text, str(p))
+
+
+def load_bundle_file(path: str | Path) -> list[PolicyBundle]:
+    return load_bundle_text(read_text(path), str(path))
 
 
 def is_cases_file(path: Path) -> bool:

@@ -36,6 +36,7 @@ from proctor.policy.loader import (
     load_bundle_file,
     load_bundles,
     parse_documents,
+    read_text,
     schema_problems,
 )
 from proctor.policy.model import EFFECTS, STAGES, Action, Decision, Glob, PolicyBundle, Rule
@@ -128,13 +129,7 @@ class CaseFile:
 def load_cases(path: str | Path) -> CaseFile:
     """Read a cases file, or raise :class:`PolicyError` naming every problem with its line."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise PolicyError([Problem(str(p), 1, "", f"cannot read: {e.strerror or e}")]) from None
-    except UnicodeDecodeError as e:
-        raise PolicyError([Problem(str(p), 1, "", f"not UTF-8 text: {e}")]) from None
-    return load_cases_text(text, str(p), p.parent)
+    return load_cases_text(read_text(p), str(p), p.parent)
 
 
 def load_cases_text(text: str, source: str = "<string>", base_dir: str | Path = ".") -> CaseFile:
