@@ -35,9 +35,10 @@ lint: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src/proctor
 
-## bench: the ingest benchmark (SQLite and PostgreSQL); prints a table
+## bench: the ingest and policy benchmarks (SQLite and PostgreSQL); print tables
 bench: install-test
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/policy.py
 
 clean:
 	rm -rf $(VENV) .proctor .pytest_cache .ruff_cache
