@@ -140,6 +140,8 @@ class Guard:
 
     ``policy``: a :class:`PolicySet`, bundles, or paths of YAML files/directories.
     ``engine``: the store holding budgets, approvals, kill switches and the decision log.
+    ``injection_classifier``: an optional :class:`proctor.detectors.InjectionClassifier` (any
+    object with ``name`` and ``score(text) -> float``) combined with the injection heuristics.
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class Guard:
         record_decisions: bool = True,
         watch_kill_switches: bool = True,
         kill_poll_interval_s: float = 0.25,
+        injection_classifier: Any = None,
     ) -> None:
         self._paths: list[str | Path] = []
         self.policy = self._as_policy(policy)
@@ -168,6 +171,8 @@ class Guard:
         self._sessions: dict[str, GuardSession] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._scanners: dict[tuple[Any, ...], Any] = {}
+        # a model-based detector (detectors.InjectionClassifier) combined with the heuristics
+        self.injection_classifier = injection_classifier
         self._lock = threading.Lock()
         self._kills: dict[str, KillSwitch] = {}
         self._scanner_lock = threading.Lock()
@@ -530,7 +535,7 @@ class Guard:
             elif rule.scanner == "secrets":
                 sc = detectors.SecretScanner()
             else:
-                sc = detectors.InjectionScanner()
+                sc = detectors.InjectionScanner(self.injection_classifier)
             self._scanners[key] = sc
         return sc
 
