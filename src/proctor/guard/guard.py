@@ -43,7 +43,7 @@ from proctor.policy.loader import load_bundles
 from proctor.policy.model import EFFECT_RANK, Action, Decision, Match, PolicyBundle, Rule
 from proctor.store.approvals import Approval, ApprovalError, ApprovalStore
 from proctor.store.budgets import BudgetExceeded, BudgetLedger, Reservation
-from proctor.store.decisions import DecisionLog, DecisionRecord
+from proctor.store.decisions import DecisionLog
 from proctor.store.killswitches import KillSwitch, KillSwitches, KillSwitchWatcher
 
 log = logging.getLogger("proctor.guard")
@@ -687,22 +687,9 @@ class Guard:
     def _record(self, decision: Decision, gs: GuardSession, agent: str | None) -> None:
         decision.decision_id = _next_decision_id()
         trace_id, span_id = span_event(decision)
-        if self.log_writer is None:
-            return
-        now = time.time_ns()
-        self.log_writer.add(DecisionRecord(
-            decision_id=decision.decision_id, ts_ns=now, trace_id=trace_id, span_id=span_id,
-            session_id=gs.session_id, agent=agent, action=decision.stage, target=decision.target,
-            effect=decision.effect, enforced=True, rule_id=decision.rule_id, policy_hash=decision.policy_hash,
-            input_digest=decision.input_digest, reasons=decision.reasons))
-        if decision.shadow_effect:
-            self.log_writer.add(DecisionRecord(
-                decision_id=decision.decision_id + "-shadow", ts_ns=now, trace_id=trace_id, span_id=span_id,
-                session_id=gs.session_id, agent=agent, action=decision.stage, target=decision.target,
-                effect=decision.shadow_effect, enforced=False,
-                rule_id=next((m.rule_id for m in decision.matches if not m.enforced), None),
-                policy_hash=decision.policy_hash, input_digest=decision.input_digest,
-                reasons=[r for r in decision.reasons if r.startswith("[shadow]")]))
+        if self.log_writer is not None:
+            # the rows (reasons text and all) are built on the writer's thread, not the agent's
+            self.log_writer.add((decision, time.time_ns(), trace_id, span_id, gs.session_id, agent))
 
     def _enforce(self, decision: Decision, gs: GuardSession) -> None:
         effect = decision.effect

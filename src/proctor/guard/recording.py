@@ -59,6 +59,30 @@ def span_event(decision: Decision) -> tuple[str | None, str | None]:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+#: what the guard queues: (decision, ts_ns, trace_id, span_id, session_id, acting agent)
+Pending = tuple[Decision, int, "str | None", "str | None", "str | None", "str | None"]
+
+
+def records_of(decision: Decision, ts_ns: int, trace_id: str | None, span_id: str | None,
+               session_id: str | None, agent: str | None) -> list[DecisionRecord]:
+    """The log rows for one decision: the enforced one, and what shadow rules would have done."""
+    reasons = decision.reasons
+    out = [DecisionRecord(
+        decision_id=decision.decision_id, ts_ns=ts_ns, trace_id=trace_id, span_id=span_id,
+        session_id=session_id, agent=agent, action=decision.stage, target=decision.target,
+        effect=decision.effect, enforced=True, rule_id=decision.rule_id, policy_hash=decision.policy_hash,
+        input_digest=decision.input_digest, reasons=reasons)]
+    if decision.shadow_effect:
+        out.append(DecisionRecord(
+            decision_id=decision.decision_id + "-shadow", ts_ns=ts_ns, trace_id=trace_id, span_id=span_id,
+            session_id=session_id, agent=agent, action=decision.stage, target=decision.target,
+            effect=decision.shadow_effect, enforced=False,
+            rule_id=next((m.rule_id for m in decision.matches if not m.enforced), None),
+            policy_hash=decision.policy_hash, input_digest=decision.input_digest,
+            reasons=[r for r in reasons if r.startswith("[shadow]")]))
+    return out
+
+
 class DecisionLogWriter:
     """Appends decision records to the log from one background thread, in groups."""
 
@@ -67,7 +91,9 @@ class DecisionLogWriter:
         # Wait a little after the first record so a busy agent's decisions share a transaction:
         # one append costs ~3 ms of CPU on its own, ~40 us per record in a batch of hundreds.
         self._linger_s = linger_s
-        self._queue: queue.Queue[DecisionRecord | threading.Event | None] = queue.Queue(maxsize=100_000)
+        # SimpleQueue: a C queue, ~4x cheaper per put than queue.Queue on the agent's thread
+        self._queue: queue.SimpleQueue[Pending | threading.Event | None] = queue.SimpleQueue()
+        self._max_queue = 100_000
         self._max_batch = max_batch
         self.dropped = 0
         self.written = 0
@@ -75,13 +101,14 @@ class DecisionLogWriter:
         self._thread = threading.Thread(target=self._run, name="proctor-decision-log", daemon=True)
         self._thread.start()
 
-    def add(self, record: DecisionRecord) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:  # never block an agent on the audit log; count it loudly instead
+    def add(self, item: Pending) -> None:
+        """Queue (decision, ts_ns, trace_id, span_id, session_id, agent) for the log."""
+        if self._queue.qsize() >= self._max_queue:  # never block an agent on the audit log
             self.dropped += 1
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.error("decision log queue full: %d decisions not recorded", self.dropped)
+            return
+        self._queue.put(item)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         done = threading.Event()
@@ -107,7 +134,7 @@ class DecisionLogWriter:
                 elif isinstance(item, threading.Event):
                     events.append(item)
                 else:
-                    batch.append(item)
+                    batch.extend(records_of(*item))
                 if len(batch) >= self._max_batch:
                     break
                 try:

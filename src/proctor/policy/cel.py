@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cel
+
+from proctor.policy.fastpath import compile_fast
 
 #: Variables a condition may use.
 VARIABLES: tuple[str, ...] = ("args", "tool", "agent", "session", "llm", "content", "stage")
@@ -47,7 +50,7 @@ class ConditionError(ValueError):
 class Condition:
     """A compiled CEL condition and what it reads."""
 
-    __slots__ = ("flat", "maps", "program", "source", "variables")
+    __slots__ = ("fast", "flat", "maps", "program", "source", "variables")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -80,6 +83,8 @@ class Condition:
         for start, end, name in sorted(edits, reverse=True):
             rewritten = rewritten[:start] + name + rewritten[end:]
         self.program = cel.compile(rewritten) if edits else program
+        # a Python closure for the safe subset (see fastpath.py), or None: real CEL only
+        self.fast: Callable[[Mapping[str, Any]], bool] | None = compile_fast(source)
         self.flat: tuple[tuple[str, str], ...] = tuple(dict.fromkeys(flat))
         self.maps: dict[str, frozenset[str] | None] = maps
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from proctor.core.canonical import sha256_hex
 from proctor.policy.cel import ContextNeeds, build_context
+from proctor.policy.fastpath import is_plain
 from proctor.policy.model import (
     EFFECT_RANK,
     TIERS,
@@ -151,6 +152,8 @@ class AppliedPolicy:
                 else self.llm_profile(action.model)
         matches: list[Match] = []
         context: Any = None
+        variables: dict[str, Any] | None = None
+        plain = False
         for bundle, rule in profile.tool_rules:
             if rule.stages:
                 if action.stage not in rule.stages:
@@ -158,10 +161,26 @@ class AppliedPolicy:
             elif action.stage not in ("tool_call", "llm_call"):
                 continue
             if rule.when is not None:
+                # The fast path (a Python closure for a safe subset of CEL, exact where it answers)
+                # first; real CEL when it cannot answer. Only for plain data: CEL refuses values
+                # it cannot convert anywhere in a map it receives, the closure only checks what it reads.
+                held: bool | None = None
+                fast = rule.when.fast
+                if fast is not None:
+                    if variables is None:
+                        variables = cel_variables(action, profile)
+                        plain = _plain_where_read(variables, profile.needs)
+                    if plain:
+                        try:
+                            held = fast(variables)
+                        except Exception:  # undecided, or an error CEL must report in its own words
+                            held = None
                 try:
-                    if context is None:
-                        context = build_context(cel_variables(action, profile), profile.needs)
-                    if not rule.when.run(context):
+                    if held is None:
+                        if context is None:
+                            context = build_context(variables or cel_variables(action, profile), profile.needs)
+                        held = rule.when.run(context)
+                    if not held:
                         continue
                 except Exception as e:  # CEL run-time error: the fail mode decides
                     fail_mode = rule.fail_mode or ("closed" if profile.writes else "open")
@@ -207,6 +226,18 @@ def _short(e: BaseException) -> str:
     if isinstance(e, KeyError):
         text = f"no such key {text}"
     return f"{type(e).__name__}: {text}"[:300]
+
+
+def _plain_where_read(variables: dict[str, Any], needs: ContextNeeds) -> bool:
+    """Whether the containers the conditions read are plain data CEL can take (the fast path
+    checks each scalar it reads itself, but not inside a list it only measures)."""
+    for var, fld, _ in needs.flat:
+        src = variables.get(var)
+        if isinstance(src, dict):
+            v = src.get(fld)
+            if isinstance(v, (list, dict, tuple)) and not is_plain(v):
+                return False
+    return all(is_plain(variables.get(var)) for var in needs.maps)
 
 
 def cel_variables(action: Action, profile: ToolProfile) -> dict[str, Any]:
