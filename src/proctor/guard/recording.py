@@ -8,7 +8,6 @@ shutdown, tests before they read the log).
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import queue
 import threading
@@ -17,14 +16,12 @@ from typing import Any
 
 from opentelemetry import trace
 
+from proctor.guard.events import pending_events
 from proctor.policy.model import Decision
 from proctor.store.decisions import DecisionLog, DecisionRecord
 
 log = logging.getLogger("proctor.guard")
 
-#: Set by the SDK while it records a span itself (no OTel span object to add an event to):
-#: decision events are appended here as (name, time_ns, attributes) and encoded with the span.
-pending_events: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("proctor_events", default=None)
 
 
 def span_event(decision: Decision) -> tuple[str | None, str | None]:

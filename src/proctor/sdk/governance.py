@@ -16,11 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proctor.guard import Guard, GuardSession, Permit
 from proctor.policy.model import Decision
 from proctor.sdk.context import SessionInfo, current_session
+
+if TYPE_CHECKING:  # the guard (CEL, SQLAlchemy, ...) loads only when a policy makes one
+    from proctor.guard import Guard, GuardSession, Permit
 
 _guard: Guard | None = None
 

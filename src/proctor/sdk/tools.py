@@ -15,7 +15,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 
 from proctor.guard.errors import ApprovalPending
-from proctor.guard.recording import pending_events
+from proctor.guard.events import pending_events
 from proctor.sdk import governance, setup
 from proctor.sdk.context import current_session
 from proctor.sdk.recorder import EVENTS_KEY
