@@ -246,7 +246,11 @@ def tool(
 
             async def run_async(call_id: str | None, *args: Any, **kwargs: Any) -> Any:
                 with _ToolCall(spec, call_id, args, kwargs) as call:
-                    verdict = call.check() if governance._guard is not None else None
+                    if governance._guard is None:  # no policy: the recording-only path
+                        result = await f(*args, **kwargs)
+                        call.done(result)
+                        return result
+                    verdict = call.check()
                     if isinstance(verdict, governance.Draft):
                         result = verdict
                     else:
@@ -269,7 +273,11 @@ def tool(
 
         def run(call_id: str | None, *args: Any, **kwargs: Any) -> Any:
             with _ToolCall(spec, call_id, args, kwargs) as call:
-                verdict = call.check() if governance._guard is not None else None
+                if governance._guard is None:  # no policy: the recording-only path, nothing more
+                    result = f(*args, **kwargs)
+                    call.done(result)
+                    return result
+                verdict = call.check()
                 if isinstance(verdict, governance.Draft):
                     result = verdict
                 else:
