@@ -304,3 +304,66 @@ def test_when_the_exporter_cannot_keep_up_the_recorder_drops_the_oldest_and_says
     assert rec.dropped == 150
     assert "150 span(s) dropped" in caplog.text
     assert sink.bodies  # the newest 100 were exported
+
+
+GOVERNED_AGENT = textwrap.dedent(
+    """
+    import proctor
+
+    @proctor.tool
+    def issue_refund(order_id: str, amount_usd: float) -> str:
+        with open("refunds.log", "a") as f:
+            f.write(order_id + "\\n")
+        return "refunded"
+
+    @proctor.tool
+    def send_email(to: str, body: str) -> str:
+        return "sent: " + body
+
+    proctor.init(service_name="governed", instrument=False, policy="policy.yaml")
+    with proctor.session(agent="refund-agent", session_id="sess-gov"):
+        print(issue_refund("O-1", 20))
+        try:
+            issue_refund("O-2", 80)
+        except proctor.ApprovalPending as err:
+            print("held", err.approval.id)
+        print(send_email("a@corp.example", "card 4111 1111 1111 1111"))
+    """
+)
+
+GOVERNED_POLICY = """
+apiVersion: proctor/v1
+kind: PolicyBundle
+metadata: {name: refunds, version: "1"}
+spec:
+  default_effect: {read: allow, write: deny, external: deny, irreversible: deny}
+  tools:
+    - {name: issue_refund, side_effect: irreversible}
+    - {name: send_email, side_effect: external}
+  rules:
+    - {id: small, tools: issue_refund, when: "args.amount_usd <= 50", effect: allow}
+    - {id: large, tools: issue_refund, when: "args.amount_usd > 50", effect: require_approval}
+    - {id: mail, tools: send_email, effect: allow}
+    - {id: cards, kind: scanner, scanner: pii, tools: send_email, stages: [tool_call],
+       entities: {CREDIT_CARD: redact}, effect: redact}
+"""
+
+
+def test_a_governed_tool_call_carries_its_decision_as_a_span_event_and_records_what_really_ran(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "policy.yaml").write_text(GOVERNED_POLICY)
+    db = f"sqlite:///{tmp_path / 'agent.db'}"
+    proc = run_agent(GOVERNED_AGENT, {"PROCTOR_DATABASE_URL": db, "PROCTOR_URL": ""}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "refunded" in proc.stdout and "held " in proc.stdout and "sent: card <CREDIT_CARD>" in proc.stdout
+    assert (tmp_path / "refunds.log").read_text() == "O-1\n"  # the held refund never ran
+    store = SpanStore(open_engine(db))
+    [t] = trace_list(store, TraceFilter(agent="refund-agent"))["traces"]
+    tools = [store.get_span(s["span_id"]) for s in trace_detail(store, t["trace_id"])["spans"][1:]]
+    events = [[e for e in s["events"] if e["name"] == "proctor.decision"] for s in tools]  # type: ignore[index]
+    assert [ev[0]["attributes"]["proctor.decision.rule_id"] for ev in events] == ["small", "large", "cards"]
+    assert [ev[0]["attributes"]["proctor.decision.effect"] for ev in events] == ["allow", "require_approval", "redact"]
+    held, email = tools[1], tools[2]
+    assert held["status"] == "ok" and held["attributes"]["proctor.tool.held_for_approval"] is True  # type: ignore[index]
+    assert "4111" not in email["tool_arguments"] and "<CREDIT_CARD>" in email["tool_arguments"]  # type: ignore[index]
