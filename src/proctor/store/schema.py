@@ -229,3 +229,81 @@ decision_chain_head = Table(
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# --- the agent registry (issue 4) ---------------------------------------------------------------
+
+# Immutable: a row per content hash. The resolved manifest (prompts, schemas, policy included)
+# is stored whole; the other columns are copies for filtering (inventory, blast radius).
+agent_versions = Table(
+    "agent_versions",
+    metadata,
+    Column("version_id", String(64), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("label", Text),
+    Column("owner", Text),
+    Column("model_provider", Text),
+    Column("model_id", Text),
+    Column("policy_name", Text),
+    Column("policy_hash", String(64)),
+    Column("tier", String(32)),
+    Column("labels", Text, nullable=False),  # JSON object
+    Column("manifest", Text, nullable=False),  # JSON: the resolved manifest
+    Column("created_ns", BigInteger, nullable=False),
+    Column("created_by", Text),
+    Index("ix_agent_versions_name", "name", "created_ns"),
+    Index("ix_agent_versions_model", "model_id"),
+    Index("ix_agent_versions_policy", "policy_hash"),
+)
+
+# The tools each version may call: "which prod agents can call billing.refund?"
+agent_version_tools = Table(
+    "agent_version_tools",
+    metadata,
+    Column("version_id", String(64), nullable=False),
+    Column("tool_name", Text, nullable=False),
+    Column("side_effect", String(16), nullable=False),
+    PrimaryKeyConstraint("version_id", "tool_name", name="pk_agent_version_tools"),
+    Index("ix_agent_version_tools_tool", "tool_name"),
+)
+
+environments = Table(
+    "environments",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", Text),
+    Column("created_ns", BigInteger, nullable=False),
+)
+
+# Append-only history of pointer moves, refused ones included. seq counts per (agent, environment).
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("agent", Text, nullable=False),
+    Column("environment", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("action", String(16), nullable=False),  # deploy | rollback
+    Column("status", String(16), nullable=False),  # applied | refused
+    Column("version_id", String(64), nullable=False),
+    Column("previous_version_id", String(64)),
+    Column("by", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("evidence", Text, nullable=False),  # JSON list of links or notes
+    Column("gates", Text, nullable=False),  # JSON: each gate's result
+    Column("ts_ns", BigInteger, nullable=False),
+    Index("ux_deployments_agent_env_seq", "agent", "environment", "seq", unique=True),
+    Index("ix_deployments_version", "version_id"),
+    Index("ix_deployments_ts", "ts_ns"),
+)
+
+# The current pointer per (agent, environment); movers lock the row, which serializes them.
+deployment_heads = Table(
+    "deployment_heads",
+    metadata,
+    Column("agent", Text, nullable=False),
+    Column("environment", String(64), nullable=False),
+    Column("version_id", String(64)),
+    Column("seq", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    PrimaryKeyConstraint("agent", "environment", name="pk_deployment_heads"),
+)
