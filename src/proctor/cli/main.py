@@ -14,6 +14,7 @@ import orjson
 import typer
 from rich.console import Console
 
+from proctor.cli.agent import agent_app
 from proctor.cli.governance import approvals_app, audit_app, decisions_app, kill_app
 from proctor.cli.policy import policy_app
 
@@ -38,6 +39,7 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(kill_app, name="kill")
 app.add_typer(audit_app, name="audit")
 app.add_typer(decisions_app, name="decisions")
+app.add_typer(agent_app, name="agent")
 
 console = Console()
 err = Console(stderr=True)
