@@ -248,3 +248,72 @@ def test_sync_registers_a_directory_of_manifests_and_says_what_changed(tmp_path:
     (tmp_path / "agents" / "triage" / "prompts" / "system.md").write_text("Changed.\n")
     third = registry.sync(tmp_path / "agents")
     assert third[0].created and [c.kind for c in third[0].changes] == ["prompt_changed"]
+
+
+RESOLVING_AGENT = """
+import sys, time, proctor
+
+@proctor.tool
+def billing_refund(amount_usd: float) -> str:
+    return "refunded"
+
+proctor.init(service_name="resolving", instrument=False)
+for round in range(2):
+    with proctor.session(agent="support-triage", env="prod", session_id=f"sess-{round}"):
+        try:
+            print(round, billing_refund(amount_usd=45))
+        except proctor.ActionDenied as err:
+            print(round, "denied", err.decision.rule_id)
+    if round == 0:
+        print("waiting", flush=True)
+        sys.stdin.readline()  # the test rolls prod back meanwhile
+        time.sleep(1.1)       # pointers are re-read at most once a second
+"""
+
+
+def test_a_session_runs_the_version_deployed_to_its_environment_and_a_rollback_reaches_it(
+    tmp_path: Path, db_url: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from proctor.store import SpanStore, TraceFilter
+    from proctor.traces import trace_detail, trace_list
+
+    strict = POLICY.replace("name: billing.refund, side_effect: irreversible",
+                            "name: billing_refund, side_effect: irreversible").replace(
+        "tools: billing.refund", "tools: billing_refund")
+    lenient = strict.replace("<= 50", "<= 100")
+    strict = strict.replace("<= 50", "<= 40")
+    root = tmp_path / "agent"
+    make_agent(root)
+    engine = open_engine(db_url)
+    reg = Registry(engine)
+    (root / "policy.yaml").write_text(lenient)
+    good = reg.push(root / "agent.yaml").version
+    reg.deploy(good.version_id, "prod", approvals=[("bob", "approver")])
+    (root / "policy.yaml").write_text(strict)
+    bad = reg.push(root / "agent.yaml").version
+    reg.deploy(bad.version_id, "prod", approvals=[("bob", "approver")])
+
+    proc = subprocess.Popen([sys.executable, "-c", RESOLVING_AGENT], cwd=tmp_path, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PROCTOR_DATABASE_URL": db_url, "PROCTOR_URL": ""})
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "0 denied None"  # 45 > 40: the strict bundle's default deny
+    assert proc.stdout.readline().strip() == "waiting"
+    reg.rollback("support-triage", "prod", by="oncall")
+    out, err = proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "1 refunded"  # the rolled-back version's bundle allows 45
+
+    store = SpanStore(engine)
+    stamped = {}
+    for t in trace_list(store, TraceFilter(agent="support-triage"))["traces"]:
+        root_span = trace_detail(store, t["trace_id"])["spans"][0]
+        full = store.get_span(root_span["span_id"])
+        assert full is not None
+        stamped[t["session_id"]] = (full["agent_version"], full["agent_version_hash"])
+    assert stamped == {"sess-0": ("1.4.0", bad.version_id), "sess-1": ("1.4.0", good.version_id)}
+    engine.dispose()

@@ -79,6 +79,7 @@ class GuardSession:
     cost_usd: float = 0.0
     terminated: Decision | None = None
     taint: Any = None  # a detectors.TaintTracker, made on first use
+    policy: PolicySet | None = None  # the bundle the session's registered version pins, if any
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cel_view(self) -> dict[str, Any]:
@@ -221,11 +222,13 @@ class Guard:
     # -- sessions -----------------------------------------------------------------------------
 
     def session(self, session_id: str, *, agent: str | None = None, environment: str | None = None,
-                labels: dict[str, str] | None = None, version: str | None = None) -> GuardSession:
+                labels: dict[str, str] | None = None, version: str | None = None,
+                policy: PolicySet | None = None) -> GuardSession:
         """The state of a session, created on first use. Agents sharing an id share the state.
 
         The environment and labels are fixed by the first call for an id (they choose the
-        bundles); later calls name the acting agent per check instead.
+        bundles); later calls name the acting agent per check instead. ``policy``: the bundles of
+        the session's registered version (see proctor.sdk.resolve), instead of the guard's own.
         """
         gs = self._sessions.get(session_id)
         if gs is None:
@@ -235,7 +238,7 @@ class Guard:
                     if len(self._sessions) > 100_000:  # bounded: forget the oldest half
                         for k in list(self._sessions)[:50_000]:
                             del self._sessions[k]
-                    gs = GuardSession(session_id, agent, environment, dict(labels or {}), version)
+                    gs = GuardSession(session_id, agent, environment, dict(labels or {}), version, policy=policy)
                     self._sessions[session_id] = gs
         return gs
 
@@ -275,7 +278,7 @@ class Guard:
         :class:`ActionDenied`, :class:`ApprovalPending` or :class:`SessionTerminated`."""
         agent = agent or gs.agent
         args = args if args is not None else {}
-        ap = self.policy.applied(agent, gs.environment, gs.labels)
+        ap = (gs.policy or self.policy).applied(agent, gs.environment, gs.labels)
         profile = ap.tool_profile(tool)
         args_digest = _digest({"tool": tool, "args": args})
         step = Step(agent or "", f"{tool}#{args_digest[:16]}")
@@ -366,7 +369,7 @@ class Guard:
         """Before a model call: LLM rules, budgets (reserving the worst case: max_tokens at the
         model's price plus the prompt), loops, scanners over the prompt."""
         agent = agent or gs.agent
-        ap = self.policy.applied(agent, gs.environment, gs.labels)
+        ap = (gs.policy or self.policy).applied(agent, gs.environment, gs.labels)
         profile = ap.llm_profile(model)
         action = Action("llm_call", agent, gs.environment, gs.labels, gs.session_id, model=model,
                         max_tokens=max_tokens, content=prompt,
@@ -442,7 +445,7 @@ class Guard:
         document): scanner rules for stage ``input``; untrusted sources are tracked for taint.
         Returns the content to use (maybe redacted) or raises."""
         agent = agent or gs.agent
-        ap = self.policy.applied(agent, gs.environment, gs.labels)
+        ap = (gs.policy or self.policy).applied(agent, gs.environment, gs.labels)
         profile = ap.llm_profile(None)
         with gs.lock:
             if source:

@@ -24,6 +24,8 @@ class SessionInfo:
     env: str | None = None
     attributes: tuple[tuple[str, Any], ...] = ()
     stamp: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    version_hash: str | None = None  # the registered version's content hash, when resolved
+    policy: Any = field(default=None, compare=False, repr=False)  # its pinned PolicySet
 
     def __post_init__(self) -> None:
         # computed once per session: on_start runs for every span and must stay cheap
@@ -35,6 +37,8 @@ class SessionInfo:
             attrs["gen_ai.agent.name"] = self.agent
         if self.version:
             attrs["gen_ai.agent.version"] = self.version
+        if self.version_hash:
+            attrs["proctor.agent.version_hash"] = self.version_hash
         if self.user:
             attrs["user.id"] = self.user
         if self.env:
@@ -98,7 +102,18 @@ def session(
     ``gen_ai.conversation.id`` = the session id, and the agent name, version and user. With
     ``span=True`` (default) the block is also wrapped in an ``invoke_agent`` span, so one run
     forms one trace. Works in sync and async code (it uses contextvars).
+
+    With ``env`` and no ``version``, the registry resolves the version of ``agent`` deployed to
+    ``env``: its label and content hash are stamped on every span, and a guard applies the
+    policy bundle that version pins. A rollback reaches new sessions within about a second.
     """
+    version_hash, policy = None, None
+    if agent and env and version is None:  # the registry says which version is live there
+        from proctor.sdk.resolve import pinned_policy, resolve
+
+        resolved = resolve(agent, env)
+        if resolved is not None:
+            version, version_hash, policy = resolved.label, resolved.version_id, pinned_policy(resolved)
     info = SessionInfo(
         session_id=session_id or uuid.uuid4().hex,
         agent=agent,
@@ -106,6 +121,8 @@ def session(
         user=user,
         env=env,
         attributes=tuple((attributes or {}).items()),
+        version_hash=version_hash,
+        policy=policy,
     )
     token = _current.set(info)
     try:

@@ -46,6 +46,18 @@ def use_guard(guard: Guard | None) -> Guard | None:
     return prev
 
 
+def ensure_guard(engine: Any) -> Guard:
+    """The process guard, made on first need (a resolved version pins a policy) with no bundles
+    of its own: each session then brings its version's pinned bundle."""
+    global _guard
+    if _guard is None:
+        from proctor.guard import Guard
+        from proctor.policy.engine import PolicySet
+
+        _guard = Guard(PolicySet(()), engine)
+    return _guard
+
+
 def guard() -> Guard | None:
     """The process guard, if ``init(policy=...)`` or ``use_guard`` made one."""
     return _guard
@@ -59,6 +71,7 @@ def guard_session(info: SessionInfo | None = None) -> GuardSession | None:
     if info is None:
         return None
     return g.session(info.session_id, agent=info.agent, environment=info.env, version=info.version,
+                     policy=info.policy,
                      labels={k[len("label."):]: str(v) for k, v in info.attributes if k.startswith("label.")}
                      or None)
 
