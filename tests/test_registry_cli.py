@@ -86,3 +86,13 @@ def test_schemas_reports_a_tool_result_that_no_longer_matches_its_pinned_schema(
     code, out = agent(db_url, "schemas", "support-triage", "--window", "1h", "--json")
     [lookup] = [t for t in json.loads(out)["tools"] if t["tool"] == "lookup_customer"]
     assert lookup["calls"] == 3 and [c["kind"] for c in lookup["vs_pinned"]] == ["type_changed"]
+
+
+def test_the_published_manifest_schema_is_generated_from_the_source() -> None:
+    from proctor.registry.manifest import render_schema
+
+    doc = Path(__file__).parent.parent / "docs" / "agent-manifest.schema.json"
+    assert doc.read_text() == render_schema(), (
+        "run: .venv/bin/python -m proctor.registry.manifest > docs/agent-manifest.schema.json")
+    result = runner.invoke(app, ["agent", "json-schema"])
+    assert result.exit_code == 0 and json.loads(result.output)["title"] == "Proctor agent manifest"

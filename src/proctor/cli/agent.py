@@ -457,3 +457,13 @@ def schemas(
             for c in changes:
                 ex = f" e.g. `proctor spans show {c.example_span[1]}`" if c.example_span else ""
                 out.print(f"      {label}: {c.kind} {c.path} {c.before} -> {c.after}{ex}", highlight=False)
+
+
+@agent_app.command("json-schema")
+def json_schema() -> None:
+    """Print the agent manifest's JSON Schema (for editor completion in agent.yaml)."""
+    import sys
+
+    from proctor.registry.manifest import render_schema
+
+    sys.stdout.write(render_schema())

@@ -268,3 +268,12 @@ def manifest_files(directory: str | Path) -> list[Path]:
     root = Path(directory)
     found = {p for p in root.rglob("*.yaml") if p.name == "agent.yaml" or p.name.endswith(".agent.yaml")}
     return sorted(found)
+
+
+def render_schema() -> str:
+    """The published manifest schema (docs/agent-manifest.schema.json is generated from it)."""
+    return json.dumps(MANIFEST_SCHEMA, indent=2) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(render_schema(), end="")
