@@ -427,9 +427,11 @@ def schemas(
     reg = _registry(db)
     try:
         vid = reg.store.current(name, env) if env else None
+        if env and vid is None:
+            _fail(f"{name} is not deployed to {env}: see `proctor agent ls`")
         version = reg.get(vid) if vid else next(iter(reg.store.list_versions(name, limit=1)), None)
         if version is None:
-            _fail(f"no agent named {name!r}" + (f" deployed to {env}" if env else ""))
+            _fail(f"no agent named {name!r}: see `proctor agent ls`")
         now = time.time_ns()
         window_ns = now - parse_time_ns(window)
     except ValueError as exc:  # RegistryError and PolicyError are ValueErrors too

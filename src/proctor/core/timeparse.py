@@ -27,6 +27,8 @@ def parse_time_ns(value: str | int | float, *, now_ns: int | None = None) -> int
     text = value.strip()
     if m := _REL.match(text):
         return now_ns - int(float(m.group(1)) * _UNITS[m.group(2).lower()] * 1e9)
+    if text.isdigit() and int(text) > 10**15:  # nanoseconds: exact (a float would round them)
+        return int(text)
     try:
         num = float(text)
     except ValueError:

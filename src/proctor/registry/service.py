@@ -154,6 +154,8 @@ class Registry:
 
     def rollback(self, agent: str, env: str, *, by: str | None = None, reason: str = "") -> Deployment:
         """Put back the version that was live in ``env`` before the current one."""
+        if env not in {e["name"] for e in self.store.environments()}:
+            raise RegistryError(f"unknown environment {env!r}: see `proctor agent env ls`")
         target = self.store.previous_good(agent, env)
         if target is None:
             current = self.store.current(agent, env)

@@ -17,6 +17,7 @@ from proctor.server.api import router as api_router
 from proctor.server.governance import PermitTable, build_guard, policy_paths
 from proctor.server.governance import router as governance_router
 from proctor.server.otlp import ReceiverLimits, make_receiver
+from proctor.server.registry import router as registry_router
 from proctor.store import BatchWriter, SpanStore, open_engine
 
 if TYPE_CHECKING:  # the guard (CEL, YAML, JSON Schema) is imported only when a policy is loaded
@@ -91,6 +92,7 @@ def create_app(
     )
     app.include_router(api_router)
     app.include_router(governance_router)
+    app.include_router(registry_router)
 
     @app.get("/healthz", summary="Liveness and the database in use")
     def healthz() -> dict[str, Any]:
