@@ -20,22 +20,35 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from rich.console import Console
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from typer.testing import CliRunner
 
 import proctor.sdk
 from proctor.cli.main import app
 from proctor.demo.crm import CRM
-from proctor.demo.fleet import ATTACKER_ADDRESS, TEST_CARDS, Fleet, RunRecord
+from proctor.demo.fleet import (
+    AGENTS_DIR,
+    ATTACKER_ADDRESS,
+    RELEASES,
+    SUPPORT_TRIAGE,
+    SUPPORT_TRIAGE_CANARY,
+    TEST_CARDS,
+    Fleet,
+    RunRecord,
+)
 from proctor.demo.governance import SUPERVISOR, Supervisor, demo_guard
-from proctor.demo.run import DemoError, DemoSummary, run_demo
+from proctor.demo.run import RELEASE_MANAGER, DemoError, DemoSummary, release_fleet, run_demo
+from proctor.registry.manifest import load_manifest, manifest_files
 from proctor.server.run import start_in_thread
 from proctor.store.approvals import ApprovalStore
 from proctor.store.budgets import BudgetLedger
 from proctor.store.decisions import DecisionLog
 from proctor.store.engine import open_engine
+from proctor.store.registry import RegistryStore
+from proctor.store.schema import spans as spans_t
 
 from conftest import free_port
 
@@ -291,6 +304,164 @@ def test_the_fleet_is_deterministic_given_a_seed(tmp_path: Path) -> None:
     assert {r[0] for r in first[0][:len(Fleet.SCENARIOS)]} == {name for name, _ in Fleet.SCENARIOS}
     # without a guard nothing stops the injected instruction: the demo's point
     assert any(to == ATTACKER_ADDRESS for to, _, _ in first[1])
+
+
+# -- the registry: the demo's agents ship as manifests ------------------------------------------
+
+
+def _cli(*args: str) -> Any:
+    r = CliRunner().invoke(app, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_the_fleet_runs_what_its_manifests_say(tmp_path: Path) -> None:
+    files = manifest_files(AGENTS_DIR)
+    assert [f.relative_to(AGENTS_DIR).as_posix() for f in files] == [
+        "kb-researcher/agent.yaml", "refund-agent/agent.yaml", "support-triage/agent.yaml",
+        "support-triage/canary.agent.yaml"]
+    crm = CRM(tmp_path / "crm.db", latency=False)
+    fleet = Fleet(crm, latency=False)
+    crm.close()
+    released = {spec.version_id: spec for spec, _ in RELEASES}
+    for f in files:
+        v = load_manifest(f)
+        m = v.manifest
+        spec = released.pop(v.version_id)  # every manifest is released, and is the spec the fleet runs
+        assert (spec.name, spec.version, spec.model, spec.description) == (v.name, v.label, m["model"]["id"],
+                                                                           m["description"])
+        assert {"temperature": spec.temperature, "max_tokens": spec.max_tokens} == m["model"]["parameters"]
+        assert spec.instructions == m["prompts"]["system"]["content"].strip()
+        assert spec.tools == tuple(t["name"] for t in m["tools"])
+        catalogue = {name: entry["side_effect"] for entry in m["policy"]["document"]["spec"]["tools"]
+                     for name in ([entry["name"]] if isinstance(entry["name"], str) else entry["name"])}
+        for t in m["tools"]:
+            # the input schema and description are what the model is sent (generated once from the
+            # signature with fleet.tool_definition); the side effect is the policy's
+            sent = fleet.definitions[t["name"]]
+            assert (t["description"], t["input_schema"]) == (sent["description"], sent["parameters"]), t["name"]
+            assert t["side_effect"] == catalogue[t["name"]], t["name"]
+            assert t["output_schema"] is not None
+        module, _, attr = m["entrypoint"].partition(":")
+        target: Any = __import__(module, fromlist=["_"])
+        for part in attr.split("."):
+            target = getattr(target, part)
+        assert callable(target)
+        assert m["policy"]["name"] == "demo-support" and m["gates"] == {
+            "approvals": [{"role": "approver", "count": 1}], "policy_lint": True}
+    assert released == {}
+
+
+def test_the_demo_registers_its_agents_and_deploys_the_stable_triage_to_prod_and_the_canary_to_staging(
+    demo: Demo,
+) -> None:
+    agents = {a["name"]: a for a in _cli("agent", "ls", "--db", demo.db)}
+    assert set(agents) == set(AGENTS)
+    assert {n: a["versions"] for n, a in agents.items()} == {"support-triage": 2, "refund-agent": 1,
+                                                               "kb-researcher": 1}
+    expected: dict[str, dict[str, str]] = {}
+    for spec, env in RELEASES:
+        expected.setdefault(spec.name, {})[env] = spec.version_id[:12]
+    assert {n: a["deployed"] for n, a in agents.items()} == expected
+    assert expected["support-triage"] == {"prod": SUPPORT_TRIAGE.version_id[:12],
+                                          "staging": SUPPORT_TRIAGE_CANARY.version_id[:12]}
+    assert {v["label"] for v in _cli("agent", "ls", "support-triage", "--db", demo.db)} == {"1.4.0", "1.5.0-rc.1"}
+    # each deployment went through the manifest's gates, signed off by the simulated release manager
+    engine = open_engine(demo.db)
+    try:
+        moves = RegistryStore(engine).history(limit=100)
+    finally:
+        engine.dispose()
+    assert sorted((m.agent, m.environment) for m in moves) == sorted((s.name, env) for s, env in RELEASES)
+    for m in moves:
+        assert (m.status, m.action, m.reason) == ("applied", "deploy", "demo release")
+        assert {g["gate"]: g["passed"] for g in m.gates} == {"approvals:approver": True, "policy_lint": True}
+        assert RELEASE_MANAGER in next(g["detail"] for g in m.gates if g["gate"] == "approvals:approver")
+    # the console says so, and how to look
+    out = demo.output
+    assert ("Registry (demo/agents): 3 agents · 4 versions (4 new) · prod: support-triage 1.4.0, refund-agent 2.1.3, "
+            "kb-researcher 0.9.2 · staging: support-triage 1.5.0-rc.1") in out
+    for hint in ("proctor agent ls", "proctor agent diff support-triage@1.4.0 support-triage@1.5.0-rc.1",
+                 "proctor agent inventory --tool issue_refund --env prod"):
+        assert f"{hint} --db {demo.db}" in out
+    table = CliRunner().invoke(app, ["agent", "ls", "--db", demo.db])
+    assert all(name in table.stdout for name in AGENTS)
+    inventory = _cli("agent", "inventory", "--tool", "issue_refund", "--env", "prod", "--db", demo.db)
+    assert [(v["name"], v["label"]) for v in inventory["versions"]] == [("refund-agent", "2.1.3")]
+
+
+def test_the_canary_differs_from_the_stable_triage_in_its_model_one_prompt_line_and_its_label(demo: Demo) -> None:
+    doc = _cli("agent", "diff", "support-triage@1.4.0", "support-triage@1.5.0-rc.1", "--db", demo.db)
+    assert (doc["a"], doc["b"]) == (SUPPORT_TRIAGE.version_id, SUPPORT_TRIAGE_CANARY.version_id)
+    changes = {(c["area"], c["kind"], c["path"]): (c["before"], c["after"]) for c in doc["changes"]}
+    prompt = changes.pop(("prompt", "prompt_changed", "prompts.system"))
+    assert changes == {
+        ("model", "model_changed", "model.id"): ("gpt-4o-mini", "claude-3-5-haiku"),
+        ("model", "model_changed", "model.provider"): ("openai", "anthropic"),
+        ("metadata", "label_changed", "label"): ("1.4.0", "1.5.0-rc.1"),
+    }
+    assert prompt[0] != prompt[1]
+    [detail] = [c["detail"] for c in doc["changes"] if c["area"] == "prompt"]
+    added = [line for line in detail.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    removed = [line for line in detail.splitlines() if line.startswith("-") and not line.startswith("---")]
+    assert (added, removed) == (["+Tell the customer what happens next and when they will hear from us."], [])
+
+
+def test_syncing_the_packaged_agents_again_changes_nothing(demo: Demo) -> None:
+    r = CliRunner().invoke(app, ["agent", "sync", str(AGENTS_DIR), "--db", demo.db])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines() == [f"= {spec.name} {spec.version_id[:12]} unchanged" for spec, _ in
+                                     sorted(RELEASES, key=lambda sr: (sr[0].name, sr[0] is SUPPORT_TRIAGE_CANARY))]
+    # the demo's own release step is a no-op on a database that already has it: no new versions, no moves
+    engine = open_engine(demo.db)
+    try:
+        moves = len(RegistryStore(engine).history(limit=1000))
+        again = release_fleet(engine)
+        assert (again.versions, again.new, again.problems) == (4, 0, [])
+        assert len(RegistryStore(engine).history(limit=1000)) == moves
+    finally:
+        engine.dispose()
+
+
+def test_a_registry_that_cannot_take_the_agents_is_reported_and_the_demo_goes_on(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        figures = release_fleet(engine, tmp_path)  # no manifests here
+    finally:
+        engine.dispose()
+    assert (figures.versions, figures.live) == (0, {})
+    assert len(figures.problems) == 1 and "no agent manifests" in figures.problems[0]
+
+
+def test_recorded_tool_calls_fit_the_schemas_their_agent_version_pins(demo: Demo) -> None:
+    pinned = {(spec.name, spec.version): {t["name"]: t for t in load_manifest(
+        AGENTS_DIR / spec.name / ("canary.agent.yaml" if spec is SUPPORT_TRIAGE_CANARY else "agent.yaml")
+    ).manifest["tools"]} for spec, _ in RELEASES}
+    engine = open_engine(demo.db)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(spans_t.c.agent_name, spans_t.c.agent_version, spans_t.c.tool_name,
+                                       spans_t.c.tool_arguments, spans_t.c.tool_result, spans_t.c.status,
+                                       spans_t.c.attributes).where(spans_t.c.kind == "tool")).all()
+    finally:
+        engine.dispose()
+    validators: dict[str, jsonschema.Draft202012Validator] = {}
+
+    def validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
+        key = json.dumps(schema, sort_keys=True)
+        return validators.setdefault(key, jsonschema.Draft202012Validator(schema))
+
+    checked: set[str] = set()
+    for agent, version, tool, arguments, result, status, attributes in rows:
+        t = pinned[(agent, version)][tool]  # only the tools its manifest lists
+        validator(t["input_schema"]).validate(json.loads(arguments))
+        held = json.loads(attributes).get("proctor.tool.held_for_approval")
+        if status == "ok" and not held:
+            validator(t["output_schema"]).validate(json.loads(result))
+            checked.add(tool)
+    # every tool with a result in one round (transfer_to_support_triage only bounces into a loop breaker)
+    assert checked == {"get_ticket", "lookup_customer", "list_orders", "send_email", "ask_kb_researcher",
+                       "transfer_to_refund_agent", "issue_refund", "search_kb"}
 
 
 # -- governance: every control leaves its trace ------------------------------------------------

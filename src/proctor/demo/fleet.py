@@ -7,6 +7,13 @@
   session, so the trace shows who spawned whom.
 - ``kb-researcher`` also runs on its own for long research jobs.
 
+The agents ship as manifests, one directory per agent under ``demo/agents`` (``agent.yaml``,
+the system prompt in ``prompts/``, tool schemas in ``schemas/``), and the fleet reads each
+agent's model, prompt and tools from its manifest (:func:`agent_spec`). ``support-triage`` has
+two: the stable 1.4.0 and a 1.5.0-rc.1 canary (another model, one more prompt line) that gets a
+quarter of the triage runs. ``demo.run`` syncs the directory into the registry and deploys each
+version (:data:`RELEASES`) before the fleet starts.
+
 Governance: ``demo.run`` installs a guard with the demo's policy bundle (``demo/policy.yaml``)
 for the fleet. Every tool call and every model call is checked before it runs, and the agent
 loop reacts the way an agent framework does: a refused tool call becomes a tool error message
@@ -35,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -60,6 +68,7 @@ from proctor.demo.model import (
 )
 from proctor.guard import ActionDenied, ApprovalPending, PolicyViolation, SessionTerminated
 from proctor.policy.model import EFFECT_RANK
+from proctor.registry.manifest import load_manifest
 from proctor.sdk import current_session, governance
 from proctor.store.decisions import DecisionLog
 
@@ -73,43 +82,51 @@ MAX_HANDOFFS = 8  # the ping-pong scripts give up on their own after this many (
 
 @dataclass(frozen=True, slots=True)
 class AgentSpec:
+    """What the agent loop needs of an agent; :func:`agent_spec` reads it from the agent's manifest."""
+
     name: str
-    version: str
+    version: str  # the manifest's human label (metadata.version)
     model: str
     description: str
-    instructions: str
+    instructions: str  # the system prompt
     tools: tuple[str, ...]
     max_model_calls: int = 16
     max_consecutive_tool_failures: int = 3
+    temperature: float = 0.2
+    max_tokens: int = 1024
+    version_id: str = ""  # the registry's id of the manifest: its content hash
 
 
-SUPPORT_TRIAGE = AgentSpec(
-    "support-triage", "1.4.0", "gpt-4o-mini",
-    "Works the support queue: answers customers, delegates refunds and policy questions.",
-    "You are Acme's support triage agent. Verify the customer with lookup_customer before discussing "
-    "orders. Never issue refunds yourself: hand them to the refund agent. Ask the KB researcher when a "
-    "policy question comes up and cite article ids. Keep replies short and friendly.",
-    ("get_ticket", "lookup_customer", "list_orders", "send_email", "ask_kb_researcher",
-     "transfer_to_refund_agent"),
-)
-# the canary: same agent, next version, another model
-SUPPORT_TRIAGE_CANARY = replace(SUPPORT_TRIAGE, version="1.5.0-rc.1", model="claude-3-5-haiku")
-REFUND_AGENT = AgentSpec(
-    "refund-agent", "2.1.3", "gpt-4o-mini",
-    "Checks an order and issues or refuses a refund.",
-    "You are the refund agent. Check the order belongs to the customer, refund at most what is still "
-    "refundable, and answer with JSON: {\"status\": \"refunded\"|\"refused\"|\"pending_approval\", ...}. "
-    "Questions that are not refunds go back to support with transfer_to_support_triage.",
-    ("list_orders", "issue_refund", "transfer_to_support_triage"),
-)
-KB_RESEARCHER = AgentSpec(
-    "kb-researcher", "0.9.2", "claude-3-5-haiku",
-    "Searches the help center and answers with cited articles.",
-    "You research Acme's help center. Search, follow related topics until the question is covered, "
-    "and answer with the article ids you relied on.",
-    ("search_kb",),
-)
+def agent_spec(manifest: str | Path) -> AgentSpec:
+    """An agent as its manifest describes it, resolved the way the registry resolves it.
+
+    The fleet runs what ``proctor agent sync`` registers: name, version label, model and its
+    parameters, description, the system prompt (``spec.prompts.system``) and the tools all come
+    from the manifest, so the running agent and the registered version cannot drift apart.
+    """
+    v = load_manifest(manifest)
+    m = v.manifest
+    params = m["model"]["parameters"]
+    return AgentSpec(
+        v.name, v.label, m["model"]["id"], m["description"], m["prompts"]["system"]["content"].strip(),
+        tuple(t["name"] for t in m["tools"]), temperature=float(params.get("temperature", 0.2)),
+        max_tokens=int(params.get("max_tokens", 1024)), version_id=v.version_id,
+    )
+
+
+# The demo's agents ship as manifests (``demo/agents``, one directory per agent); `proctor demo`
+# syncs that directory into the registry and deploys each version to its environment (RELEASES).
+AGENTS_DIR = Path(__file__).with_name("agents")
+SUPPORT_TRIAGE = agent_spec(AGENTS_DIR / "support-triage" / "agent.yaml")
+# the canary: same agent, next version: another model and one more line of system prompt
+SUPPORT_TRIAGE_CANARY = agent_spec(AGENTS_DIR / "support-triage" / "canary.agent.yaml")
+REFUND_AGENT = agent_spec(AGENTS_DIR / "refund-agent" / "agent.yaml")
+KB_RESEARCHER = agent_spec(AGENTS_DIR / "kb-researcher" / "agent.yaml")
 AGENTS = (SUPPORT_TRIAGE, REFUND_AGENT, KB_RESEARCHER)
+# where `proctor demo` deploys each version
+RELEASES: tuple[tuple[AgentSpec, str], ...] = (
+    (SUPPORT_TRIAGE, "prod"), (SUPPORT_TRIAGE_CANARY, "staging"), (REFUND_AGENT, "prod"), (KB_RESEARCHER, "prod"),
+)
 
 
 class AgentFailed(RuntimeError):
@@ -302,8 +319,8 @@ class Fleet:
 
     # -- the agent loop -------------------------------------------------------------------
     def _model(self, spec: AgentSpec, script: Generator[Decision, Any, None]) -> ScriptedModel:
-        return ScriptedModel(spec.model, script, random.Random(self.rng.getrandbits(64)), tracer=self.tracer,
-                             latency=self.latency)
+        return ScriptedModel(spec.model, script, random.Random(self.rng.getrandbits(64)), max_tokens=spec.max_tokens,
+                             temperature=spec.temperature, tracer=self.tracer, latency=self.latency)
 
     def run_turn(self, convo: Conversation, user_text: str, *, scenario: str | None = None) -> str:
         """One user turn: one ``invoke_agent`` span, model calls and tool calls until a final answer."""

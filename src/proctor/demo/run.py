@@ -9,6 +9,13 @@ database checks every tool and model call, and a SIMULATED supervisor answers mo
 requests (``demo.governance``). Budgets, approvals and the hash-chained decision log are in
 that database too, so ``proctor approvals ls``, ``proctor decisions ls`` and ``proctor audit
 verify`` work right after as well.
+
+The fleet's agents ship as manifests (``demo/agents``). Before the fleet starts, the demo syncs
+that directory into the registry on the same database (GitOps: identical content is a no-op)
+and deploys each version to its environment through its promotion gates, approved by a
+SIMULATED release manager: support-triage 1.4.0, refund-agent and kb-researcher to prod, the
+support-triage 1.5.0-rc.1 canary to staging. ``proctor agent ls`` and ``proctor agent diff``
+work right after.
 """
 
 from __future__ import annotations
@@ -40,7 +47,16 @@ from sqlalchemy.engine import make_url
 
 import proctor.sdk
 from proctor.demo.crm import CRM
-from proctor.demo.fleet import AGENTS, SEED, Fleet, RunRecord
+from proctor.demo.fleet import (
+    AGENTS,
+    AGENTS_DIR,
+    RELEASES,
+    SEED,
+    SUPPORT_TRIAGE,
+    SUPPORT_TRIAGE_CANARY,
+    Fleet,
+    RunRecord,
+)
 from proctor.demo.governance import (
     POLICY,
     SIGN_OFF_LIMIT_USD,
@@ -51,15 +67,60 @@ from proctor.demo.governance import (
     governance_figures,
 )
 from proctor.demo.model import MODELS
+from proctor.policy.loader import PolicyError
+from proctor.registry.service import Registry
 from proctor.store import DatabaseURLError, open_engine
 from proctor.store import database_url as resolve_database_url
 from proctor.store.approvals import ApprovalStore
+from proctor.store.registry import RegistryError
 
 SERVICE_NAME = "proctor-demo-fleet"
+RELEASE_MANAGER = "demo-release-manager (simulated)"  # signs off the demo's deployments
 
 
 class DemoError(RuntimeError):
     """The demo cannot start; the message says why and what to do."""
+
+
+@dataclass
+class RegistryFigures:
+    """What the demo registered and deployed before the fleet started."""
+
+    directory: Path
+    agents: int = 0
+    versions: int = 0
+    new: int = 0  # versions this demo registered (0 when an earlier demo already had)
+    live: dict[str, list[str]] = field(default_factory=dict)  # environment -> ["name label", ...]
+    problems: list[str] = field(default_factory=list)  # a refused deployment, a failed sync
+
+
+def release_fleet(engine: Engine, directory: Path = AGENTS_DIR) -> RegistryFigures:
+    """Sync the demo's manifests into the registry and deploy each version (``RELEASES``).
+
+    A version already live in its environment is left alone, so a demo on an earlier demo's
+    database changes nothing; another version live there is replaced (the fleet runs these).
+    A failed sync or a refused deployment is reported, not raised: the fleet runs from the
+    manifests either way.
+    """
+    figures = RegistryFigures(directory)
+    reg = Registry(engine)
+    try:
+        items = reg.sync(directory, by="proctor demo")
+    except (RegistryError, PolicyError) as exc:
+        figures.problems.append(f"sync {directory}: {exc}")
+        return figures
+    figures.agents, figures.versions = len({i.name for i in items}), len(items)
+    figures.new = sum(1 for i in items if i.created)
+    for spec, env in RELEASES:
+        try:
+            if reg.store.current(spec.name, env) != spec.version_id:
+                reg.deploy(spec.version_id, env, agent=spec.name, by="proctor demo", reason="demo release",
+                           approvals=[(RELEASE_MANAGER, "approver")])
+        except (RegistryError, PolicyError) as exc:  # PromotionRefused is a RegistryError
+            figures.problems.append(str(exc))
+            continue
+        figures.live.setdefault(env, []).append(f"{spec.name} {spec.version}")
+    return figures
 
 
 @dataclass
@@ -70,6 +131,7 @@ class DemoSummary:
     records: list[RunRecord] = field(default_factory=list)
     interrupted: bool = False
     governance: GovernanceFigures | None = None
+    registry: RegistryFigures | None = None
 
     @property
     def trace_ids(self) -> list[str]:
@@ -134,6 +196,9 @@ def run_demo(
         crm = CRM(_crm_path(db_url, Path(scratch.name)))
         summary.crm_path = str(crm.path)
         _print_banner(console, url, db_url, crm.path)
+        summary.registry = release_fleet(engine)
+        for problem in summary.registry.problems:
+            console.print(f"[yellow]registry: {problem}[/]", highlight=False)
         # set_global=False: OpenTelemetry lets a process set its global tracer provider once, so
         # a second demo in the same process (tests) would record into the first, shut-down one.
         # The fleet gets its tracer from this provider explicitly; tool spans go through the SDK's
@@ -176,13 +241,14 @@ def run_demo(
 
 def _print_banner(console: Console, url: str, db_url: str, crm_path: Path) -> None:
     priced = " and ".join(MODELS)
-    agents = ", ".join(f"{a.name} {a.version}" for a in AGENTS)
+    agents = ", ".join(f"{a.name} {a.version}" + (f" (and a {SUPPORT_TRIAGE_CANARY.version} canary)"
+                                                   if a is SUPPORT_TRIAGE else "") for a in AGENTS)
     console.print(Panel(
         "[bold]This is a SIMULATED agent fleet.[/] The model is a scripted fake: no LLM is called and "
         "nothing leaves this machine. Token counts are estimated from the messages; costs are what those "
         f"tokens would cost on {priced} (genai-prices). The tools are real functions over a demo SQLite "
         f"CRM ({crm_path}).\n"
-        f"Agents: {agents}. Every span carries [bold]proctor.simulated = true[/]; "
+        f"Agents: {agents}, from the manifests in {AGENTS_DIR}. Every span carries [bold]proctor.simulated = true[/]; "
         f"service.name = {SERVICE_NAME}.\n"
         f"Governed by the policy in {POLICY}: every tool and model call is checked first. Approval requests are "
         f"answered by {SUPERVISOR}, a script that decides from the CRM's facts and leaves refunds above "
@@ -300,6 +366,8 @@ def _print_summary(console: Console, summary: DemoSummary, database_url: str | N
     gov = summary.governance
     if gov is not None:
         _print_governance(console, gov, records)
+    if summary.registry is not None:
+        _print_registry(console, summary.registry)
 
     db = f" --db {shlex.quote(database_url)}" if database_url else ""
     show = next((r for r in records if r.scenario == "refund_damaged_item" and r.trace_ids), records[0])
@@ -326,6 +394,14 @@ def _print_summary(console: Console, summary: DemoSummary, database_url: str | N
             (f"proctor decisions ls --effect deny{db}", "what the guard refused, and why"),
             (f"proctor sessions show {terminated.session_id}{db}" if terminated else "", "a session the guard ended"),
             (f"proctor audit verify{db}", "check the decision log's hash chain is intact"),
+        ]
+    if summary.registry is not None and summary.registry.versions:
+        stable, canary = SUPPORT_TRIAGE, SUPPORT_TRIAGE_CANARY
+        examples += [
+            (f"proctor agent ls{db}", "the agents, and which version is live where"),
+            (f"proctor agent diff {stable.name}@{stable.version} {canary.name}@{canary.version}{db}",
+             "what the canary changes"),
+            (f"proctor agent inventory --tool issue_refund --env prod{db}", "who can issue refunds in prod"),
         ]
     console.print("\nTry:")
     for cmd, what in examples:
@@ -356,3 +432,14 @@ def _print_governance(console: Console, gov: GovernanceFigures, records: list[Ru
     budget = sum(1 for r in records if r.stopped and r.stopped.startswith("model call refused"))
     console.print(f"  sessions terminated: {len(gov.terminated)}" + (f" ({ended})" if ended else "")
                   + f" · runs stopped by a budget: {budget}", highlight=False)
+
+
+def _print_registry(console: Console, reg: RegistryFigures) -> None:
+    """The registry's line: what the demo registered, and what is live where."""
+    where = " · ".join(f"{env}: {', '.join(names)}" for env, names in sorted(
+        reg.live.items(), key=lambda kv: (kv[0] != "prod", kv[0])))
+    console.print(f"\n[bold]Registry[/] ({reg.directory.parent.name}/{reg.directory.name}): {reg.agents} agents · "
+                  f"{reg.versions} versions ({reg.new} new) · {where or 'nothing deployed'}", highlight=False)
+    if reg.problems:
+        console.print(f"  [yellow]{len(reg.problems)} problem{'s' * (len(reg.problems) != 1)}:[/] "
+                      + "; ".join(reg.problems), highlight=False)
