@@ -196,7 +196,8 @@ def show(
     for pname, p in (m.get("prompts") or {}).items():
         out.print(f"prompt {pname}: sha256 {p['sha256'][:12]}, {len(p['content'])} chars", highlight=False)
     for t in m.get("tools") or []:
-        out.print(f"tool {t['name']} [{t['side_effect']}] {t.get('version') or ''} {t.get('source') or ''}", highlight=False)
+        out.print(f"tool {t['name']} [{t['side_effect']}] {t.get('version') or ''} {t.get('source') or ''}",
+                  highlight=False, markup=False)
     pol = m.get("policy")
     out.print(f"policy {pol['name']}@{pol['version']} {pol['hash'][:12]}" if pol else "policy -", highlight=False)
     out.print(f"gates {m.get('gates') or {}}", highlight=False)

@@ -170,8 +170,7 @@ class _ToolCall:
         if exc is not None and isinstance(exc, ApprovalPending):
             # held for a human, not failed: the span says so and stays out of the error counts
             self.attrs["proctor.tool.held_for_approval"] = True
-            self.attrs["proctor.approval.id"] = exc.approval.id
-            self.attrs["gen_ai.tool.call.result"] = _to_json(f"held for approval {exc.approval.id}")
+            self.attrs["proctor.approval.id"] = exc.approval.id  # no result: the tool did not run
             exc_type = exc = tb = None
         if self.otel_span is not None:
             span = self.otel_span
