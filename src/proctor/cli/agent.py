@@ -1,17 +1,20 @@
 """``proctor agent``: register agent versions, promote them through gates, roll back, diff.
 
 Works on the database (``--db``, ``PROCTOR_DATABASE_URL``, or ``.proctor/proctor.db``); every
-listing has ``--json``. Like cli/governance.py, this module fetches the shared output helpers
-from proctor.cli.main when a command runs, not at import.
+listing has ``--json``. Output goes through proctor.cli.output, shared by every command.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from proctor.cli.output import console
+from proctor.cli.output import fail as _fail
+from proctor.cli.output import print_json as _print_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,21 +51,7 @@ EnvOpt = Annotated[str, typer.Option("--env", "-e", help="Environment (dev, stag
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: $USER).")]
 
 
-def _fail(message: str) -> NoReturn:
-    from proctor.cli.main import _fail as fail
-
-    fail(message)
-
-
-def _print_json(doc: Any) -> None:
-    from proctor.cli.main import _print_json as print_json
-
-    print_json(doc)
-
-
 def _console() -> Console:
-    from proctor.cli.main import console
-
     return console
 
 

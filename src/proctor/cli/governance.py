@@ -4,18 +4,20 @@ Governance from the terminal. Like the read commands, each works on the database
 (``--db``, ``PROCTOR_DATABASE_URL``, or ``.proctor/proctor.db``) or through a running server
 (``--url``/``PROCTOR_URL``), and every listing has ``--json``.
 
-This module must not import :mod:`proctor.cli.main` at import time (main imports it to
-register the sub-commands, and ``python -m proctor.cli.main`` would import main twice): the
-shared output helpers are fetched from main when a command runs.
+Output goes through :mod:`proctor.cli.output`, shared by every command.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from proctor.cli.output import console
+from proctor.cli.output import fail as _fail
+from proctor.cli.output import print_json as _print_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,23 +65,7 @@ APPROVAL_STATUSES = ("pending", "approved", "denied", "expired", "consumed", "al
 EFFECTS = ("allow", "warn", "redact", "require_approval", "deny", "terminate_session")
 
 
-# -- shared output (from proctor.cli.main, at run time: see the module docstring) ---------------
-
-def _fail(message: str) -> NoReturn:
-    from proctor.cli.main import _fail as fail
-
-    fail(message)
-
-
-def _print_json(doc: Any) -> None:
-    from proctor.cli.main import _print_json as print_json
-
-    print_json(doc)
-
-
 def _console() -> Console:
-    from proctor.cli.main import console
-
     return console
 
 
@@ -374,7 +360,7 @@ def audit_verify(url: UrlOpt = None, db: DbOpt = None, as_json: JsonOpt = False)
     elif doc["ok"]:
         _console().print(f"ok: {doc['checked']} decisions, chain intact")
     else:
-        from proctor.cli.main import err
+        from proctor.cli.output import err
 
         err.print(f"[bold red]the decision log was tampered with[/] ({doc['checked']} decisions checked, "
                   f"first bad seq {doc['first_bad_seq']}):")

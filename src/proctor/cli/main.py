@@ -8,14 +8,15 @@ Commands that read traces work on the local database by default (``--db``,
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 import typer
-from rich.console import Console
 
 from proctor.cli.agent import agent_app
 from proctor.cli.governance import approvals_app, audit_app, decisions_app, kill_app
+from proctor.cli.output import console
+from proctor.cli.output import fail as _fail
+from proctor.cli.output import print_json as _print_json
 from proctor.cli.policy import policy_app
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(agent_app, name="agent")
 
-console = Console()
-err = Console(stderr=True)
 
 UrlOpt = Annotated[
     str | None,
@@ -53,16 +52,6 @@ DbOpt = Annotated[
     typer.Option("--db", envvar="PROCTOR_DATABASE_URL", help="Database URL (default: sqlite .proctor/proctor.db)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def _print_json(doc: Any) -> None:
-    opts = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS  # SQLAlchemy row keys are str subclasses
-    sys.stdout.write(orjson.dumps(doc, option=opts, default=str).decode() + "\n")
 
 
 class _Source:

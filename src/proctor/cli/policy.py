@@ -19,6 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from proctor.cli.output import fail as _fail
+from proctor.cli.output import print_json as _print_json
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -48,16 +51,6 @@ DbOpt = Annotated[
 
 _EFFECT_STYLE = {"allow": "green", "warn": "yellow", "redact": "yellow", "require_approval": "bold yellow",
                  "deny": "bold red", "terminate_session": "bold red"}
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
-
-
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str).decode()
-                     + "\n")
 
 
 def _plain(text: str) -> None:
