@@ -672,3 +672,16 @@ def test_a_held_refund_is_finished_once_a_human_decides_it(tmp_path: Path, appro
         else:
             assert refunds == [] and "could not approve it" in last_mail
         assert fleet.resume_decided() == []  # finished once
+
+
+def test_every_agent_span_carries_the_content_hash_of_the_registered_version_that_ran(demo: Demo) -> None:
+    from proctor.demo.fleet import AGENTS, SUPPORT_TRIAGE_CANARY
+
+    known = {s.version_id for s in (*AGENTS, SUPPORT_TRIAGE_CANARY)}
+    engine = open_engine(demo.db)
+    with engine.connect() as conn:
+        rows = conn.execute(select(spans_t.c.agent_name, spans_t.c.agent_version, spans_t.c.agent_version_hash)
+                            .where(spans_t.c.kind == "agent").distinct()).all()
+    engine.dispose()
+    assert rows and all(h in known for _, _, h in rows), rows
+    assert {(a, v) for a, v, _ in rows} >= {("support-triage", "1.4.0"), ("support-triage", "1.5.0-rc.1")}

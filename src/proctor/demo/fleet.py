@@ -340,7 +340,9 @@ class Fleet:
         # provider: the demo does not set that one (see demo.run).
         with (
             proctor.session(agent=spec.name, version=spec.version, user=convo.user, session_id=convo.session_id,
-                            span=False, attributes={"proctor.simulated": True}),
+                            span=False, attributes={"proctor.simulated": True,
+                                                    # the registered version this spec was read from
+                                                    "proctor.agent.version_hash": spec.version_id}),
             _acting_as(spec),
             self.tracer.start_as_current_span(f"invoke_agent {spec.name}", attributes=attrs,
                                               record_exception=False, set_status_on_exception=False) as span,
