@@ -323,12 +323,13 @@ def _diff_scalar(a: Any, b: Any, out: list[Change], *, area: str, kind: str, pat
 
 
 def _diff_entries(a: Any, b: Any, out: list[Change], *, area: str, kind: str, path: str,
-                  noun: str, sep: str = " ") -> None:
-    """A mapping compared entry by entry (a non-mapping as one value); ``noun`` names an entry
-    in a summary (``gate policy_lint: true -> false``, ``labels.data: a -> b``)."""
+                  noun: str, sep: str = " ", whole: str | None = None, short_change: bool = False) -> None:
+    """A mapping compared entry by entry (a non-mapping as one value, named ``whole`` or
+    ``noun``); ``noun`` names an entry in a summary (``gate policy_lint: true -> false``,
+    ``labels.data: a -> b``); ``short_change`` writes a changed entry as ``key a -> b``."""
     ma, mb = _mapping(a), _mapping(b)
     if ma is None or mb is None:
-        _diff_scalar(a, b, out, area=area, kind=kind, path=path, noun=noun)
+        _diff_scalar(a, b, out, area=area, kind=kind, path=path, noun=whole or noun)
         return
     for k in sorted(ma.keys() | mb.keys()):
         va, vb = _get(ma, k), _get(mb, k)
@@ -340,7 +341,7 @@ def _diff_entries(a: Any, b: Any, out: list[Change], *, area: str, kind: str, pa
         elif vb is _MISSING:
             summary = f"{name} removed (was {_fmt(va)})"
         else:
-            summary = f"{name}: {_arrow(va, vb)}"
+            summary = f"{k} {_arrow(va, vb)}" if short_change else f"{name}: {_arrow(va, vb)}"
         out.append(Change(area, kind, f"{path}.{k}", summary, _plain(va), _plain(vb)))
 
 
@@ -362,23 +363,8 @@ def _diff_model(a: Any, b: Any, out: list[Change]) -> None:
 
 
 def _diff_parameters(a: Any, b: Any, out: list[Change]) -> None:
-    pa, pb = _mapping(a), _mapping(b)
-    if pa is None or pb is None:
-        _diff_scalar(a, b, out, area="model", kind="parameter_changed", path="model.parameters",
-                     noun="parameters")
-        return
-    for k in sorted(pa.keys() | pb.keys()):
-        va, vb = _get(pa, k), _get(pb, k)
-        if _same(va, vb):
-            continue
-        if va is _MISSING:
-            summary = f"parameter {k} added: {_fmt(vb)}"
-        elif vb is _MISSING:
-            summary = f"parameter {k} removed (was {_fmt(va)})"
-        else:
-            summary = f"{k} {_arrow(va, vb)}"
-        out.append(Change("model", "parameter_changed", f"model.parameters.{k}", summary,
-                          _plain(va), _plain(vb)))
+    _diff_entries(a, b, out, area="model", kind="parameter_changed", path="model.parameters", noun="parameter",
+                  whole="parameters", short_change=True)
 
 
 def _prompt_text(v: Any) -> str | None:
