@@ -175,7 +175,7 @@ def test_the_llm_and_input_checks_follow_the_same_rules(client: TestClient) -> N
     assert out["output"] == "use <AWS_ACCESS_KEY>" and out["redacted"] is True
 
     inp = client.post("/api/guard/input", json={**S, "content": f"my key is {AWS_KEY}", "source": "email"}).json()
-    assert inp == {"permitted": True, "content": "my key is <AWS_ACCESS_KEY>", "redacted": True}
+    assert inp == {"permitted": True, "content": "my key is <AWS_ACCESS_KEY>", "redacted": True, "terminated": False}
     clean = client.post("/api/guard/input", json={**S, "content": {"text": "hello"}}).json()
     assert clean == {"permitted": True, "content": {"text": "hello"}, "redacted": False}
 

@@ -273,8 +273,10 @@ def guard_tool(request: Request, body: ToolCheck) -> Response:
         # client checking only that flag stays on the safe side; args are there to show the draft.
         return _json({"permitted": False, "draft": True, "decision": permit.decision.to_dict(), "permit_id": None,
                       "args": permit.args, "approval_id": None, "terminated": False})
+    # every answer has the same keys, permitted or not, so a client can read "terminated" always
     return _json({"permitted": True, "draft": False, "decision": permit.decision.to_dict(),
-                  "permit_id": _state(request).permits.add(permit), "args": permit.args})
+                  "permit_id": _state(request).permits.add(permit), "args": permit.args, "approval_id": None,
+                  "terminated": False})
 
 
 @router.post("/guard/tool/result", summary="Report a tool's result: settles budgets, scans it, maybe redacts",
@@ -304,7 +306,7 @@ def guard_llm(request: Request, body: LlmCheck) -> Response:
     except PolicyViolation as exc:
         return _json(_refused(exc))
     return _json({"permitted": True, "decision": permit.decision.to_dict(),
-                  "permit_id": _state(request).permits.add(permit), "prompt": permit.args})
+                  "permit_id": _state(request).permits.add(permit), "prompt": permit.args, "terminated": False})
 
 
 @router.post("/guard/llm/result", summary="Report a model call's usage and output: settles budgets, scans it",
@@ -334,7 +336,7 @@ def guard_input(request: Request, body: InputCheck) -> Response:
         out = guard.check_input(gs, body.content, source=body.source, agent=body.agent)
     except PolicyViolation as exc:
         return _json(_refused(exc))
-    return _json({"permitted": True, "content": out, "redacted": out is not body.content})
+    return _json({"permitted": True, "content": out, "redacted": out is not body.content, "terminated": False})
 
 
 # -- policy -------------------------------------------------------------------------------------
