@@ -177,7 +177,7 @@ def test_the_llm_and_input_checks_follow_the_same_rules(client: TestClient) -> N
     inp = client.post("/api/guard/input", json={**S, "content": f"my key is {AWS_KEY}", "source": "email"}).json()
     assert inp == {"permitted": True, "content": "my key is <AWS_ACCESS_KEY>", "redacted": True, "terminated": False}
     clean = client.post("/api/guard/input", json={**S, "content": {"text": "hello"}}).json()
-    assert clean == {"permitted": True, "content": {"text": "hello"}, "redacted": False}
+    assert clean == {"permitted": True, "content": {"text": "hello"}, "redacted": False, "terminated": False}
 
 
 def test_malformed_bodies_get_a_clear_422_and_change_nothing(client: TestClient) -> None:
