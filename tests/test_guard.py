@@ -526,3 +526,41 @@ def test_a_pluggable_injection_classifier_is_combined_with_the_heuristics(tmp_pa
         assert "classifier:keyword-model" in " ".join(err.value.decision.reasons)
     finally:
         g.close()
+
+
+def test_the_approval_webhook_announces_a_request_once_however_often_the_agent_retries(
+    bundle: Path, engine: Engine
+) -> None:
+    import http.server
+
+    from conftest import free_port
+
+    posts: list[bytes] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.HTTPServer(("127.0.0.1", port), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    g = Guard(bundle, engine, watch_kill_switches=False, approval_webhook=f"http://127.0.0.1:{port}/hook")
+    try:
+        gs = g.session("s29", agent="refund-agent")
+        ids = set()
+        for _ in range(3):
+            with pytest.raises(ApprovalPending) as err:
+                g.check_tool(gs, "issue_refund", {"amount_usd": 77})
+            ids.add(err.value.approval.id)
+        assert len(ids) == 1
+        assert wait_until(lambda: len(posts) >= 1, timeout=5)
+        time.sleep(0.3)  # a second post, if any, would have arrived by now
+        assert len(posts) == 1 and ids.pop().encode() in posts[0]
+    finally:
+        g.close()
+        server.shutdown()

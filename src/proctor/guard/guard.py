@@ -647,12 +647,13 @@ class Guard:
             ctx = trace.get_current_span().get_span_context()  # so the approval links to its trace
             trace_id = format(ctx.trace_id, "032x") if ctx.is_valid else None
             span_id = format(ctx.span_id, "016x") if ctx.is_valid else None
+            asked_at = time.time_ns()  # a request made now has requested_ns >= this; a reused one not
             req = self.approvals.request(
                 digest=digest, tool=permit.target, arguments=args if isinstance(args, dict) else {"value": args},
                 policy_hash=decision.policy_hash, session_id=gs.session_id, agent=permit.agent or "",
                 rule_id=decision.rule_id or "", message=decision.message, ttl_s=self.approval_ttl_s,
                 trace_id=trace_id, span_id=span_id)
-            if self.approval_webhook and req.requested_ns >= time.time_ns() - 5_000_000_000:
+            if self.approval_webhook and req.requested_ns >= asked_at:  # announce each request once
                 post_webhook(self.approval_webhook, slack_message(req, self.console_url))
             decision.approval_id = req.id
             wait = wait_s if wait_s is not None else self.approval_wait_s
