@@ -372,11 +372,18 @@ def test_the_demo_registers_its_agents_and_deploys_the_stable_triage_to_prod_and
         moves = RegistryStore(engine).history(limit=100)
     finally:
         engine.dispose()
-    assert sorted((m.agent, m.environment) for m in moves) == sorted((s.name, env) for s, env in RELEASES)
-    for m in moves:
+    releases, (rollback, promotion) = moves[2:], moves[:2]  # newest first
+    assert sorted((m.agent, m.environment) for m in releases) == sorted((s.name, env) for s, env in RELEASES)
+    for m in releases:
         assert (m.status, m.action, m.reason) == ("applied", "deploy", "demo release")
+    for m in (*releases, promotion):
         assert {g["gate"]: g["passed"] for g in m.gates} == {"approvals:approver": True, "policy_lint": True}
         assert RELEASE_MANAGER in next(g["detail"] for g in m.gates if g["gate"] == "approvals:approver")
+    # mid-run, the simulated release manager promoted the canary to prod and later rolled it back
+    assert (promotion.action, promotion.environment, promotion.version_id) == (
+        "deploy", "prod", SUPPORT_TRIAGE_CANARY.version_id)
+    assert (rollback.action, rollback.status, rollback.version_id, rollback.by) == (
+        "rollback", "applied", SUPPORT_TRIAGE.version_id, RELEASE_MANAGER)
     # the console says so, and how to look
     out = demo.output
     assert ("Registry (demo/agents): 3 agents · 4 versions (4 new) · prod: support-triage 1.4.0, refund-agent 2.1.3, "
@@ -388,6 +395,32 @@ def test_the_demo_registers_its_agents_and_deploys_the_stable_triage_to_prod_and
     assert all(name in table.stdout for name in AGENTS)
     inventory = _cli("agent", "inventory", "--tool", "issue_refund", "--env", "prod", "--db", demo.db)
     assert [(v["name"], v["label"]) for v in inventory["versions"]] == [("refund-agent", "2.1.3")]
+
+
+def test_a_promotion_and_a_rollback_mid_run_reach_the_running_fleet_through_the_registry(
+    demo: Demo, api: httpx.Client
+) -> None:
+    """The fleet's sessions ask the registry (over HTTP: the demo's SDK sends to the server) which
+    version is live: the prod triage runs between the scripted promotion and the rollback play
+    the canary, the others 1.4.0; every span says which, by label and content hash."""
+    out = demo.output
+    assert f"release: {RELEASE_MANAGER} promoted support-triage 1.5.0-rc.1 to prod" in out
+    assert f"rollback: {RELEASE_MANAGER} rolled support-triage in prod back to 1.4.0" in out
+    promote_at, rollback_at = len(Fleet.SCENARIOS) // 3, 2 * len(Fleet.SCENARIOS) // 3
+    hashes = {spec.version: spec.version_id for spec, _ in RELEASES}
+    played = []
+    for r in demo.summary.records:
+        if r.agent != "support-triage":
+            continue
+        in_canary_window = promote_at < r.index <= rollback_at
+        expected = "1.5.0-rc.1" if r.env == "staging" or in_canary_window else "1.4.0"
+        assert r.version == expected, (r.index, r.env)
+        played.append((r.env, r.version))
+        for trace_id in r.trace_ids:
+            root = api.get(f"/api/spans/{_trace(api, trace_id)['spans'][0]['span_id']}").json()
+            assert (root["agent_version"], root["agent_version_hash"]) == (r.version, hashes[r.version])
+            assert root["attributes"]["proctor.env"] == r.env
+    assert ("prod", "1.5.0-rc.1") in played and ("prod", "1.4.0") in played
 
 
 def test_the_canary_differs_from_the_stable_triage_in_its_model_one_prompt_line_and_its_label(demo: Demo) -> None:

@@ -271,9 +271,12 @@ for round in range(2):
 """
 
 
+@pytest.mark.parametrize("mode", ["embedded", "server"])
 def test_a_session_runs_the_version_deployed_to_its_environment_and_a_rollback_reaches_it(
-    tmp_path: Path, db_url: str
+    tmp_path: Path, db_url: str, mode: str
 ) -> None:
+    """The agent asks the registry on its own database (embedded), or the Proctor server's
+    registry over HTTP with no database of its own (server)."""
     import os
     import subprocess
     import sys
@@ -297,14 +300,30 @@ def test_a_session_runs_the_version_deployed_to_its_environment_and_a_rollback_r
     bad = reg.push(root / "agent.yaml").version
     reg.deploy(bad.version_id, "prod", approvals=[("bob", "approver")])
 
+    server = None
+    if mode == "server":
+        from proctor.server.run import start_in_thread
+
+        from conftest import free_port
+
+        port = free_port()
+        server, _ = start_in_thread(port=port, database_url=db_url)
+        env = {"PROCTOR_URL": f"http://127.0.0.1:{port}", "PROCTOR_DATABASE_URL": ""}
+    else:
+        env = {"PROCTOR_DATABASE_URL": db_url, "PROCTOR_URL": ""}
     proc = subprocess.Popen([sys.executable, "-c", RESOLVING_AGENT], cwd=tmp_path, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PROCTOR_DATABASE_URL": db_url, "PROCTOR_URL": ""})
-    assert proc.stdout is not None and proc.stdin is not None
-    assert proc.stdout.readline().strip() == "0 denied None"  # 45 > 40: the strict bundle's default deny
-    assert proc.stdout.readline().strip() == "waiting"
-    reg.rollback("support-triage", "prod", by="oncall")
-    out, err = proc.communicate("go\n", timeout=60)
+                            env={**os.environ, **env})
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "0 denied None"  # 45 > 40: the strict bundle's default deny
+        assert proc.stdout.readline().strip() == "waiting"
+        reg.rollback("support-triage", "prod", by="oncall")
+        out, err = proc.communicate("go\n", timeout=60)  # exiting flushes its spans
+    finally:
+        proc.kill()
+        if server is not None:
+            server.should_exit = True
     assert proc.returncode == 0, err
     assert out.strip() == "1 refunded"  # the rolled-back version's bundle allows 45
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from proctor.registry.manifest import load_manifest
 from proctor.server import create_app
 
-from test_registry import MANIFEST, make_agent
+from test_registry import MANIFEST, POLICY, make_agent
 
 APPROVE = [{"name": "bob", "role": "approver"}]
 
@@ -195,6 +195,45 @@ def test_deploy_through_gates_roll_back_and_read_the_history(client: TestClient,
     assert client.get("/api/agents/support-triage/at", params={"env": "prod", "t": "last tuesday"}).status_code == 400
 
 
+def test_live_says_which_version_a_session_in_an_environment_runs_with_its_pinned_bundle(
+    client: TestClient, tmp_path: Path
+) -> None:
+    root = make_agent(tmp_path / "a").parent
+    v = push(client, upload(root))["version"]
+    assert client.get("/api/agents/support-triage/live", params={"env": "prod"}).status_code == 404
+    assert "unknown environment 'moon'" in client.get("/api/agents/support-triage/live",
+                                                      params={"env": "moon"}).json()["detail"]
+    assert deploy(client, v["version_id"], approvals=APPROVE).status_code == 200
+    live = client.get("/api/agents/support-triage/live", params={"env": "prod"}).json()
+    assert (live["version_id"], live["label"], live["short_id"]) == (v["version_id"], "1.4.0", v["short_id"])
+    assert live["policy"]["hash"] == v["policy_hash"]
+    assert live["policy"]["document"]["metadata"]["name"] == "support"
+
+
+def test_the_decision_api_judges_a_deployed_agent_by_the_bundle_its_live_version_pins(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The server's own bundle allows every refund; the deployed version pins one that allows
+    only refunds up to $50. A session naming agent and environment gets the pinned one."""
+    server_policy = tmp_path / "server-policy.yaml"
+    server_policy.write_text(POLICY.replace("name: support,", "name: server-wide,").replace(
+        '"args.amount_usd <= 50"', '"true"'))
+    root = make_agent(tmp_path / "a").parent
+    with TestClient(create_app(db_url, policy=str(server_policy))) as c:
+        push(c, upload(root))
+        assert deploy(c, "1.4.0", approvals=APPROVE).status_code == 200
+
+        def refund(session: str, **where: str) -> Any:
+            r = c.post("/api/guard/tool", json={"session_id": session, "agent": "support-triage",
+                                                "tool": "billing.refund", "args": {"amount_usd": 80}, **where})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        assert refund("s-prod", environment="prod")["permitted"] is False  # the pinned bundle: over $50
+        assert refund("s-unnamed")["permitted"] is True  # no environment: the server's bundle
+        assert refund("s-dev", environment="dev")["permitted"] is True  # nothing deployed to dev
+
+
 def test_deploy_and_rollback_errors(client: TestClient, tmp_path: Path) -> None:
     root = make_agent(tmp_path / "a").parent
     push(client, upload(root))
@@ -344,7 +383,7 @@ def test_the_openapi_document_lists_the_registry_endpoints(client: TestClient) -
         "/api/agents": {"get"}, "/api/agents/push": {"post"}, "/api/agents/{name}/versions": {"get"},
         "/api/versions": {"get"}, "/api/versions/{ref}": {"get"}, "/api/agents/{name}/deploy": {"post"},
         "/api/agents/{name}/rollback": {"post"}, "/api/agents/{name}/history": {"get"},
-        "/api/agents/{name}/at": {"get"}, "/api/diff": {"get"}, "/api/agents/{name}/changed": {"get"},
+        "/api/agents/{name}/at": {"get"}, "/api/agents/{name}/live": {"get"}, "/api/diff": {"get"}, "/api/agents/{name}/changed": {"get"},
         "/api/environments": {"get", "post"}, "/api/agents/{name}/schemas": {"get"},
     }
     for path, methods in expected.items():

@@ -367,3 +367,103 @@ def test_a_governed_tool_call_carries_its_decision_as_a_span_event_and_records_w
     held, email = tools[1], tools[2]
     assert held["status"] == "ok" and held["attributes"]["proctor.tool.held_for_approval"] is True  # type: ignore[index]
     assert "4111" not in email["tool_arguments"] and "<CREDIT_CARD>" in email["tool_arguments"]  # type: ignore[index]
+
+
+RESOLVED_OVER_HTTP_AGENT = textwrap.dedent(
+    """
+    import proctor
+    from opentelemetry import trace
+
+    @proctor.tool(side_effect="irreversible")
+    def billing_refund(amount_usd: float) -> str:
+        return "refunded"
+
+    provider = proctor.init(service_name="fleet", instrument=False)
+    tracer = provider.get_tracer("agent-code")
+    for agent in ("support", "kb"):
+        with proctor.session(agent=agent, env="prod", session_id=f"sess-{agent}"):
+            with tracer.start_as_current_span(f"plan {agent}"):  # an OpenTelemetry span of the agent's own
+                pass
+            try:
+                print(agent, billing_refund(amount_usd=45))
+            except proctor.ActionDenied as err:
+                print(agent, "denied", err.decision.rule_id)
+    print("flushed", proctor.flush())
+    """
+)
+
+PINNED_BUNDLE = {
+    "apiVersion": "proctor/v1", "kind": "PolicyBundle", "metadata": {"name": "pinned", "version": "3"},
+    "spec": {"rules": [{"id": "no-refunds", "tools": "billing_refund", "effect": "deny",
+                        "message": "refunds are off in this version"}]},
+}
+
+
+def test_with_a_server_url_a_session_resolves_its_version_over_http_and_each_version_gets_its_own_resource(
+    tmp_path: Path,
+) -> None:
+    """A real SDK against a fake Proctor server: the registry answers /api/agents/NAME/live, the
+    OTLP endpoint keeps what it is sent. The deployed version's label and hash become resource
+    attributes, one resource per agent version, and its pinned bundle is enforced locally."""
+    import gzip
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    bodies: list[bytes] = []
+    asked: list[str] = []
+    support = "ab" * 32
+
+    class FakeProctor(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # the registry
+            asked.append(self.path)
+            if self.path.startswith("/api/agents/support/live?env=prod"):
+                doc = {"agent": "support", "environment": "prod", "version_id": support, "short_id": support[:12],
+                       "label": "2.0.0", "policy": {"hash": "c" * 64, "document": PINNED_BUNDLE}}
+                body, status = json.dumps(doc).encode(), 200
+            else:  # kb is not deployed anywhere
+                body, status = b'{"detail": "no version of \'kb\' is deployed to \'prod\'"}', 404
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # OTLP
+            data = self.rfile.read(int(self.headers["content-length"]))
+            bodies.append(gzip.decompress(data) if self.headers.get("content-encoding") == "gzip" else data)
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeProctor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = run_agent(RESOLVED_OVER_HTTP_AGENT, {"PROCTOR_URL": f"http://127.0.0.1:{server.server_port}",
+                                                    "PROCTOR_DATABASE_URL": ""}, tmp_path)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    # support 2.0.0 pins a bundle that denies refunds; kb is not deployed: unresolved, ungoverned
+    assert proc.stdout.splitlines() == ["support denied no-refunds", "kb refunded", "flushed True"]
+    assert asked == ["/api/agents/support/live?env=prod", "/api/agents/kb/live?env=prod"]
+    assert (tmp_path / ".proctor" / "proctor.db").exists()  # the pinned bundle's guard keeps its state locally
+
+    resources: dict[tuple[str, ...], set[str]] = {}
+    for body in bodies:
+        req = ExportTraceServiceRequest.FromString(body)
+        for rs in req.resource_spans:
+            attrs = {kv.key: kv.value.string_value for kv in rs.resource.attributes}
+            key = (attrs["service.name"], attrs.get("gen_ai.agent.name", ""), attrs.get("gen_ai.agent.version", ""),
+                   attrs.get("proctor.agent.version_hash", ""))
+            resources.setdefault(key, set()).update(s.name for ss in rs.scope_spans for s in ss.spans)
+    assert resources == {
+        ("fleet", "support", "2.0.0", support): {"invoke_agent support", "plan support", "execute_tool billing_refund"},
+        ("fleet", "kb", "", ""): {"invoke_agent kb", "plan kb", "execute_tool billing_refund"},
+    }

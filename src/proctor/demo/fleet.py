@@ -95,6 +95,7 @@ class AgentSpec:
     temperature: float = 0.2
     max_tokens: int = 1024
     version_id: str = ""  # the registry's id of the manifest: its content hash
+    env: str = "prod"  # the environment this run of the agent is in (its version is the one live there)
 
 
 def agent_spec(manifest: str | Path) -> AgentSpec:
@@ -127,6 +128,17 @@ AGENTS = (SUPPORT_TRIAGE, REFUND_AGENT, KB_RESEARCHER)
 RELEASES: tuple[tuple[AgentSpec, str], ...] = (
     (SUPPORT_TRIAGE, "prod"), (SUPPORT_TRIAGE_CANARY, "staging"), (REFUND_AGENT, "prod"), (KB_RESEARCHER, "prod"),
 )
+SPECS_BY_VERSION = {spec.version_id: spec for spec, _ in RELEASES}
+
+
+def live_spec(default: AgentSpec, env: str) -> AgentSpec:
+    """The version of the agent the registry says is live in ``env`` (as ``proctor.session``
+    resolves it), else ``default``; either one set to run in ``env``."""
+    from proctor.sdk.resolve import resolve
+
+    resolved = resolve(default.name, env)
+    spec = SPECS_BY_VERSION.get(resolved.version_id, default) if resolved is not None else default
+    return replace(spec, env=env)
 
 
 class AgentFailed(RuntimeError):
@@ -247,6 +259,7 @@ class RunRecord:
     stopped: str | None = None  # the guard ended the run: a terminated session, a refused model call
     decisions: dict[str, int] = field(default_factory=dict)  # the session's decisions by effect, but allow
     rules: dict[str, str] = field(default_factory=dict)  # rule id -> its strongest effect in the session
+    env: str = "prod"  # where the agent's version was resolved (the canary's staging, or prod)
     approvals: dict[str, str] = field(default_factory=dict)  # approval id -> status when the agent moved on
 
 
@@ -338,11 +351,20 @@ class Fleet:
         # proctor.session() stamps who is acting on every span inside. The agent span itself is
         # made here rather than by session(span=True), which takes OpenTelemetry's global tracer
         # provider: the demo does not set that one (see demo.run).
+        # With an environment and no version, proctor.session asks the registry which version is
+        # live there and stamps its label and hash; live_spec chose this spec the same way. Only
+        # when the registry has no answer (no release yet) does the fleet name the version itself.
+        from proctor.sdk.resolve import resolve
+
+        resolved = resolve(spec.name, spec.env)
+        version: str | None = None
+        attributes: dict[str, Any] = {"proctor.simulated": True}
+        if resolved is None or resolved.version_id != spec.version_id:
+            version = spec.version
+            attributes["proctor.agent.version_hash"] = spec.version_id
         with (
-            proctor.session(agent=spec.name, version=spec.version, user=convo.user, session_id=convo.session_id,
-                            span=False, attributes={"proctor.simulated": True,
-                                                    # the registered version this spec was read from
-                                                    "proctor.agent.version_hash": spec.version_id}),
+            proctor.session(agent=spec.name, env=spec.env, version=version, user=convo.user,
+                            session_id=convo.session_id, span=False, attributes=attributes),
             _acting_as(spec),
             self.tracer.start_as_current_span(f"invoke_agent {spec.name}", attributes=attrs,
                                               record_exception=False, set_status_on_exception=False) as span,
@@ -455,6 +477,7 @@ class Fleet:
         info = current_session()  # the parent's session: same conversation id and end user
         session_id = info.session_id if info else uuid.uuid4().hex
         user = (info.user if info else None) or "unknown"
+        spec = live_spec(spec, "prod")
         return self.run_turn(Conversation(spec, self._model(spec, script), session_id, user), task)
 
     # -- sub-agents, exposed to support-triage as tools -----------------------------------
@@ -521,7 +544,7 @@ class Fleet:
             order = self.crm.order(str(args.get("order_id")))
             if order is None:
                 continue
-            plan = Plan("approval_decided", SUPPORT_TRIAGE, held.user,
+            plan = Plan("approval_decided", live_spec(SUPPORT_TRIAGE, "prod"), held.user,
                         [f"Approval {held.approval_id} for the refund on {order['id']} was decided: {status}."],
                         resume_refund_script(order["customer_id"], order["id"], str(args.get("reason")),
                                              float(args.get("amount_usd") or 0), status),
@@ -532,7 +555,8 @@ class Fleet:
     def _play(self, plan: Plan, session_id: str) -> RunRecord:
         scenario = plan.scenario
         self.runs += 1
-        record = RunRecord(self.runs, scenario, plan.spec.name, plan.spec.version, session_id, plan.user, plan.note)
+        record = RunRecord(self.runs, scenario, plan.spec.name, plan.spec.version, session_id, plan.user, plan.note,
+                           env=plan.spec.env)
         convo = Conversation(plan.spec, self._model(plan.spec, plan.script), record.session_id, plan.user)
         started_ns = time.time_ns()
         self.tool_errors = self.refusals = 0
@@ -588,7 +612,10 @@ class Fleet:
         return self._pick(good or pairs)
 
     def _triage(self) -> AgentSpec:
-        return SUPPORT_TRIAGE_CANARY if self.rng.random() < 0.25 else SUPPORT_TRIAGE
+        """A quarter of the triage runs are in staging (the canary), the rest in prod."""
+        if self.rng.random() < 0.25:
+            return live_spec(SUPPORT_TRIAGE_CANARY, "staging")
+        return live_spec(SUPPORT_TRIAGE, "prod")
 
     def _plan_refund_damaged_item(self) -> Plan:
         customer, order = self._refundable()

@@ -25,6 +25,7 @@ import shlex
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,7 @@ from proctor.demo.governance import (
 from proctor.demo.model import MODELS
 from proctor.policy.loader import PolicyError
 from proctor.registry.service import Registry
+from proctor.sdk.resolve import forget as forget_pointers
 from proctor.store import DatabaseURLError, open_engine
 from proctor.store import database_url as resolve_database_url
 from proctor.store.approvals import ApprovalStore
@@ -92,6 +94,7 @@ class RegistryFigures:
     new: int = 0  # versions this demo registered (0 when an earlier demo already had)
     live: dict[str, list[str]] = field(default_factory=dict)  # environment -> ["name label", ...]
     problems: list[str] = field(default_factory=list)  # a refused deployment, a failed sync
+    moves: list[str] = field(default_factory=list)  # the release and rollback made during the run
 
 
 def release_fleet(engine: Engine, directory: Path = AGENTS_DIR) -> RegistryFigures:
@@ -121,6 +124,49 @@ def release_fleet(engine: Engine, directory: Path = AGENTS_DIR) -> RegistryFigur
             continue
         figures.live.setdefault(env, []).append(f"{spec.name} {spec.version}")
     return figures
+
+
+class CanaryRelease:
+    """The SIMULATED release manager's script: promote the support-triage canary to prod a third
+    of the way into the runs, and roll prod back two thirds in (``proctor agent rollback``).
+
+    Running sessions resolve ``support-triage`` in prod through the registry, so the prod runs in
+    between play the canary (within a second of the move: pointers are re-read once a second),
+    and the runs after the rollback play 1.4.0 again. Fewer than 4 runs: no release. With no end
+    (``runs`` 0): the promotion at run 8, the rollback at run 16.
+    """
+
+    def __init__(self, engine: Engine, runs: int, figures: RegistryFigures) -> None:
+        self.registry = Registry(engine)
+        self.figures = figures
+        self.promote_at, self.rollback_at = (8, 16) if runs == 0 else (runs // 3, 2 * runs // 3)
+        self.enabled = runs == 0 or runs >= 4
+
+    def after(self, done: int) -> str | None:
+        """The move due after ``done`` runs, made; its console line. None when nothing is due."""
+        if not self.enabled or done not in (self.promote_at, self.rollback_at):
+            return None
+        name, canary = SUPPORT_TRIAGE.name, SUPPORT_TRIAGE_CANARY
+        try:
+            if done == self.promote_at:
+                self.registry.deploy(canary.version_id, "prod", agent=name, by=RELEASE_MANAGER,
+                                     reason="promote the canary from staging (scripted)",
+                                     approvals=[(RELEASE_MANAGER, "approver")])
+                line = f"release: {RELEASE_MANAGER} promoted {name} {canary.version} to prod"
+            else:
+                move = self.registry.rollback(name, "prod", by=RELEASE_MANAGER,
+                                              reason="scripted rollback: shows `proctor agent rollback`; "
+                                                     "`proctor agent changed` shows what the canary changed")
+                back = self.registry.store.get(move.version_id)
+                line = f"rollback: {RELEASE_MANAGER} rolled {name} in prod back to {back.label or back.short_id}"
+        except (RegistryError, PolicyError) as exc:
+            self.figures.problems.append(str(exc))
+            return f"registry: {exc}"
+        self.figures.moves.append(line)
+        # This process made the move: its sessions need not wait out the pointer cache (other
+        # processes see a move within a second).
+        forget_pointers()
+        return line
 
 
 @dataclass
@@ -210,7 +256,8 @@ def run_demo(
         started_ns = time.time_ns()
         supervisor = Supervisor(ApprovalStore(engine), crm.path, seed=SEED).start()
         fleet = Fleet(crm, seed=SEED, tracer=provider.get_tracer("proctor.demo"))
-        summary.interrupted = _simulate(fleet, runs, console, summary.records)
+        release = CanaryRelease(engine, runs, summary.registry)
+        summary.interrupted = _simulate(fleet, runs, console, summary.records, release.after)
         proctor.sdk.flush()
         summary.governance = governance_figures(engine, started_ns)
         _print_summary(console, summary, database_url, started_ns)
@@ -264,8 +311,10 @@ def _print_banner(console: Console, url: str, db_url: str, crm_path: Path) -> No
     console.print(table)
 
 
-def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord]) -> bool:
-    """Play the runs; True when Ctrl-C stopped them early."""
+def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord],
+              after: Callable[[int], str | None] = lambda done: None) -> bool:
+    """Play the runs; True when Ctrl-C stopped them early. ``after(n)`` runs after the n-th run
+    (a scripted release); the line it returns is printed."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -279,6 +328,9 @@ def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord
                 records.append(record)
                 progress.console.print(_run_row(record, console.width))
                 progress.advance(task)
+                line = after(len(records))
+                if line:
+                    progress.console.print(f"[bold cyan]{line}[/]", highlight=False)
         except KeyboardInterrupt:
             progress.console.print("[yellow]interrupted: stopping the fleet[/]")
             return True
@@ -440,6 +492,8 @@ def _print_registry(console: Console, reg: RegistryFigures) -> None:
         reg.live.items(), key=lambda kv: (kv[0] != "prod", kv[0])))
     console.print(f"\n[bold]Registry[/] ({reg.directory.parent.name}/{reg.directory.name}): {reg.agents} agents · "
                   f"{reg.versions} versions ({reg.new} new) · {where or 'nothing deployed'}", highlight=False)
+    for move in reg.moves:
+        console.print(f"  {move}", highlight=False)
     if reg.problems:
         console.print(f"  [yellow]{len(reg.problems)} problem{'s' * (len(reg.problems) != 1)}:[/] "
                       + "; ".join(reg.problems), highlight=False)

@@ -242,6 +242,10 @@ class Guard:
                     self._sessions[session_id] = gs
         return gs
 
+    def has_session(self, session_id: str) -> bool:
+        """Whether the guard holds state for this session id (a later call joins it)."""
+        return session_id in self._sessions
+
     def end_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
 

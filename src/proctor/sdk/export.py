@@ -23,6 +23,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from proctor.sdk.resources import hoist_agent_identity
+
 log = logging.getLogger("proctor.sdk")
 
 _RETRYABLE = frozenset({408, 429, 502, 503, 504})
@@ -77,11 +79,13 @@ class ProctorHTTPExporter(SpanExporter):
         max_backoff_s: float = 30.0,
         spool_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        self.endpoint = url.rstrip("/") + "/v1/traces"
-        headers = {"content-type": "application/x-protobuf", "content-encoding": "gzip"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
+        self.base_url = url.rstrip("/")
+        self.endpoint = self.base_url + "/v1/traces"
+        auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = {"content-type": "application/x-protobuf", "content-encoding": "gzip", **auth}
         self._client = httpx.Client(headers=headers, timeout=timeout_s)
+        # the server's REST API (the registry, for proctor.session(agent, env)): same credentials
+        self.api = httpx.Client(base_url=self.base_url, headers=auth, timeout=timeout_s)
         self.spool = Spool(spool_dir, spool_max_bytes)
         self.max_backoff_s = max_backoff_s
         self.sent_batches = 0
@@ -110,7 +114,7 @@ class ProctorHTTPExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            self.export_encoded(encode_spans(spans).SerializeToString())
+            self.export_encoded(hoist_agent_identity(encode_spans(spans)).SerializeToString())
         except Exception:  # never into agent code
             log.exception("proctor exporter failed; spans dropped")
         return SpanExportResult.SUCCESS
@@ -181,6 +185,7 @@ class ProctorHTTPExporter(SpanExporter):
         self._wake.set()
         self._retry.join(timeout=2)
         self._client.close()
+        self.api.close()
 
 
 class EmbeddedExporter(SpanExporter):
@@ -196,7 +201,7 @@ class EmbeddedExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
-            self.export_encoded(encode_spans(spans).SerializeToString())
+            self.export_encoded(hoist_agent_identity(encode_spans(spans)).SerializeToString())
         except Exception:
             log.exception("proctor could not store spans locally; spans dropped")
             return SpanExportResult.FAILURE

@@ -23,6 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyVa
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from proctor.sdk.resources import Identity, identity_attributes, identity_of
 from proctor.semconv import encode_attributes, encode_value
 
 log = logging.getLogger("proctor.sdk")
@@ -39,7 +40,8 @@ class EncodedSink(Protocol):
 
 
 def encode(records: list[Record], resource: dict[str, Any], scope: str = "proctor.sdk") -> bytes:
-    spans = []
+    """An ExportTraceServiceRequest; each agent version's spans under a resource naming it."""
+    groups: dict[Identity, list[Span]] = {}
     for tid, sid, pid, name, start, end, attrs, error in records:
         s = Span(
             trace_id=tid.to_bytes(16, "big"),
@@ -69,13 +71,15 @@ def encode(records: list[Record], resource: dict[str, Any], scope: str = "procto
                 [KeyValue(key="exception.type", value=encode_value(etype)),
                  KeyValue(key="exception.message", value=encode_value(emsg))]
             )
-        spans.append(s)
+        groups.setdefault(identity_of(attrs), []).append(s)
+    base = encode_attributes(resource)
     req = ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(
-                resource=Resource(attributes=encode_attributes(resource)),
+                resource=Resource(attributes=[*base, *identity_attributes(ident)]),
                 scope_spans=[ScopeSpans(scope=InstrumentationScope(name=scope), spans=spans)],
             )
+            for ident, spans in groups.items()
         ]
     )
     return req.SerializeToString()

@@ -51,6 +51,7 @@ class _Runtime:
     recorder: SpanRecorder
     instrumented: list[str] = field(default_factory=list)
     mode: str = "embedded"
+    database_url: str | None = None  # the guard's database (the embedded store's too)
 
 
 _lock = threading.Lock()
@@ -138,7 +139,7 @@ def init(
         if set_global:
             trace.set_tracer_provider(provider)
         recorder = SpanRecorder(exporter, dict(resource.attributes))  # type: ignore[arg-type]
-        _runtime = _Runtime(provider, exporter, recorder, mode=mode)
+        _runtime = _Runtime(provider, exporter, recorder, mode=mode, database_url=database_url)
         if instrument:
             _runtime.instrumented = _enable_instrumentors(provider)
         atexit.register(shutdown)

@@ -221,7 +221,17 @@ NEEDS_POLICY = Depends(_require_policy)
 
 
 def _session(guard: Guard, body: SessionFields) -> GuardSession:
-    return guard.session(body.session_id, agent=body.agent, environment=body.environment, labels=body.labels)
+    """The session's guard state. An agent with a version deployed to the named environment is
+    judged by the policy bundle that version pins (as ``proctor.session(agent, env)`` is)."""
+    version, policy = None, None
+    if body.environment and not guard.has_session(body.session_id):
+        from proctor.sdk.resolve import policy_set, resolve
+
+        resolved = resolve(body.agent, body.environment, engine=guard.engine)
+        if resolved is not None:
+            version, policy = resolved.label, policy_set(resolved)
+    return guard.session(body.session_id, agent=body.agent, environment=body.environment, labels=body.labels,
+                         version=version, policy=policy)
 
 
 def _refused(exc: PolicyViolation) -> dict[str, Any]:

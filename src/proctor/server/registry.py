@@ -365,6 +365,21 @@ def history(
     return _json({"agent": name, "environment": env, "deployments": [m.to_dict() for m in moves]})
 
 
+@router.get("/agents/{name}/live", summary="The version live in an environment now, with its pinned policy "
+            "bundle: what proctor.session(agent, env) runs (404 if none is deployed there)")
+def live(request: Request, name: AgentName, env: EnvQuery) -> Response:
+    store = _store(request)
+    version_id = store.current(name, env)
+    if version_id is None:
+        _known_environment(store, env)
+        raise HTTPException(404, f"no version of {name!r} is deployed to {env!r}")
+    v = store.get(version_id)
+    policy = v.manifest.get("policy") or None
+    return _json({"agent": name, "environment": env, "version_id": v.version_id, "short_id": v.short_id,
+                  "label": v.label, "policy": {"hash": policy["hash"], "document": policy["document"]}
+                  if policy else None})
+
+
 @router.get("/agents/{name}/at", summary="The deployment live in an environment at a time (null if none)")
 def deployed_at(
     request: Request, name: AgentName, env: EnvQuery,
