@@ -47,6 +47,7 @@ from proctor.store.approvals import ApprovalStore
 from proctor.store.budgets import BudgetLedger
 from proctor.store.decisions import DecisionLog
 from proctor.store.engine import open_engine
+from proctor.store.killswitches import KillSwitches
 from proctor.store.registry import RegistryStore
 from proctor.store.schema import spans as spans_t
 
@@ -636,9 +637,10 @@ def test_the_governed_demo_ends_with_pending_approvals_terminated_sessions_and_a
     assert gov is not None
     assert {"allow", "warn", "redact", "require_approval", "deny", "terminate_session"} <= set(gov.decisions)
     assert gov.approvals.get("approved") and gov.approvals.get("denied") and gov.pending_ids
-    assert sorted(gov.terminated.values()) == ["handoff-ping-pong", "runaway-search"]
+    # the loop breakers end their sessions; the cost-spiral alert's containment switches its session off
+    assert sorted(gov.terminated.values()) == ["alert:cost-spiral", "handoff-ping-pong", "runaway-search"]
     assert {gov.terminated[r.session_id] for r in demo.summary.records if r.session_id in gov.terminated} \
-        == {"handoff-ping-pong", "runaway-search"}
+        == {"alert:cost-spiral", "handoff-ping-pong", "runaway-search"}
     out = demo.output
     assert "Governance" in out and f"{len(gov.pending_ids)} pending" in out
     assert f"proctor approvals ls --db {demo.db}" in out
@@ -718,3 +720,44 @@ def test_every_agent_span_carries_the_content_hash_of_the_registered_version_tha
     engine.dispose()
     assert rows and all(h in known for _, _, h in rows), rows
     assert {(a, v) for a, v, _ in rows} >= {("support-triage", "1.4.0"), ("support-triage", "1.5.0-rc.1")}
+
+
+def test_the_runaway_loop_and_the_cost_spiral_reach_the_local_webhook_within_a_second_and_are_contained(
+    demo: Demo,
+) -> None:
+    """The server's alert rules (demo/alerts.yaml) judge the live stream; the demo's webhook
+    receiver gets the notifications. Each arrives within a second of its evidence reaching the
+    server, and the cost spiral's session is switched off by the rule's containment."""
+    from sqlalchemy import select
+
+    from proctor.store.schema import decisions as decisions_t
+
+    firing: dict[str, dict[str, Any]] = {}
+    for doc in demo.summary.alerts:
+        if doc["status"] == "firing":
+            firing.setdefault(doc["rule_id"], doc)
+    assert {"runaway-loop", "cost-spiral"} <= set(firing)
+    spiral = firing["cost-spiral"]["alerts"][0]
+    # the fastest spender of the simulated fleet: a kb-researcher session (the token-heavy research)
+    spender = next(r for r in demo.summary.records if r.session_id == spiral["group"]["session"])
+    assert spender.agent == "kb-researcher" and spender.scenario.startswith("research_")
+    assert firing["cost-spiral"]["action"] == f"terminate_session: kill switch session:{spender.session_id} on"
+    engine = open_engine(demo.db)
+    try:
+        with engine.connect() as conn:
+            # the alert's newest evidence span was ingested less than a second before the webhook got it
+            ingested = max(conn.execute(select(spans_t.c.ingested_ns).where(
+                spans_t.c.span_id.in_(spiral["evidence"]["span_ids"]))).scalars())
+            assert 0 < firing["cost-spiral"]["received_ns"] - ingested < 1_000_000_000
+            loop = firing["runaway-loop"]["alerts"][0]
+            logged = max(conn.execute(select(decisions_t.c.ts_ns).where(
+                decisions_t.c.decision_id.in_(loop["evidence"]["decision_ids"]))).scalars())
+            # a decision reaches the server's feed by polling (every 0.25 s), after the guard's log writer
+            assert 0 < firing["runaway-loop"]["received_ns"] - logged < 1_500_000_000
+            contained = conn.execute(select(decisions_t.c.rule_id, decisions_t.c.effect).where(
+                decisions_t.c.action == "alert")).all()
+        assert ("alert:cost-spiral", "terminate_session") in [tuple(r) for r in contained]
+        assert KillSwitches(engine).active().get(f"session:{spender.session_id}") is not None
+    finally:
+        engine.dispose()
+    assert "alert: FIRING cost-spiral (critical)" in demo.output

@@ -42,6 +42,10 @@ Scopes:
 
   writes_off:agent:NAME — the same, for agent NAME only
 
+  approvals_only — every side-effecting call needs a human's approval (alert containment sets it per agent)
+
+  approvals_only:agent:NAME — the same, for agent NAME only
+
 Example: proctor kill on agent:support-triage --reason "refund loop"
 """,
     no_args_is_help=True,
@@ -267,7 +271,8 @@ def approvals_deny(
 # -- kill switches ------------------------------------------------------------------------------
 
 ScopeArg = Annotated[str, typer.Argument(
-    help="global, agent:NAME, session:ID, writes_off or writes_off:agent:NAME (see `proctor kill --help`).")]
+    help="global, agent:NAME, session:ID, writes_off[:agent:NAME] or approvals_only[:agent:NAME] "
+         "(see `proctor kill --help`).")]
 
 
 def _set_switch(scope: str, active: bool, by: str | None, reason: str, url: str | None, db: str | None) -> None:
@@ -296,7 +301,7 @@ def kill_on(
     url: UrlOpt = None,
     db: DbOpt = None,
 ) -> None:
-    """Turn a kill switch on (scopes: global, agent:NAME, session:ID, writes_off, writes_off:agent:NAME)."""
+    """Turn a kill switch on (scopes: global, agent:NAME, session:ID, writes_off[:agent:NAME], approvals_only[:agent:NAME])."""
     _set_switch(scope, True, by, reason, url, db)
 
 

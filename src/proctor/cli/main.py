@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from proctor.cli.agent import agent_app
+from proctor.cli.alerts import alerts_app
 from proctor.cli.governance import approvals_app, audit_app, decisions_app, kill_app
 from proctor.cli.output import console
 from proctor.cli.output import fail as _fail
@@ -41,6 +42,7 @@ app.add_typer(kill_app, name="kill")
 app.add_typer(audit_app, name="audit")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(agent_app, name="agent")
+app.add_typer(alerts_app, name="alerts")
 
 
 UrlOpt = Annotated[
@@ -129,8 +131,13 @@ def serve(
     approval_webhook: Annotated[str | None, typer.Option(
         "--approval-webhook", envvar="PROCTOR_APPROVAL_WEBHOOK",
         help="URL told of every new approval (a Slack-compatible JSON POST).")] = None,
+    alert_rules: Annotated[list[str] | None, typer.Option(
+        "--alert-rules", help="Alert rule file or directory, evaluated on the live span stream (repeatable; "
+                              "default: PROCTOR_ALERT_RULES, paths separated by ':'). See `proctor alerts --help`.")
+    ] = None,
 ) -> None:
-    """Run the server: OTLP receiver at /v1/traces, REST API at /api, OpenAPI at /openapi.json."""
+    """Run the server: OTLP receiver at /v1/traces, REST API at /api, OpenAPI at /openapi.json,
+    Prometheus metrics at /metrics."""
     import os
 
     from proctor.server.run import run_server
@@ -139,9 +146,12 @@ def serve(
     if workers > 1 and (policy or os.environ.get("PROCTOR_POLICY")):
         _fail("--policy needs --workers 1: the decision API keeps sessions and permits in the memory of "
               "one process")
+    if workers > 1 and (alert_rules or os.environ.get("PROCTOR_ALERT_RULES")):
+        _fail("--alert-rules needs --workers 1: each worker would see only the spans it ingests")
     try:
         run_server(workers=workers, host=host, port=port, database_url=db, log_level=log_level,
-                   announce=console.print, policy=policy or None, approval_webhook=approval_webhook)
+                   announce=console.print, policy=policy or None, approval_webhook=approval_webhook,
+                   alert_rules=alert_rules or None)
     except DatabaseURLError as exc:
         _fail(str(exc))
     except ValueError as exc:
@@ -149,7 +159,10 @@ def serve(
 
         if not isinstance(exc, PolicyError):
             raise
-        _fail("the policy was refused:\n" + "\n".join(f"  {p}" for p in exc.problems))
+        from proctor.telemetry.rules import AlertRulesError
+
+        what = "the alert rules were" if isinstance(exc, AlertRulesError) else "the policy was"
+        _fail(f"{what} refused:\n" + "\n".join(f"  {p}" for p in exc.problems))
 
 
 @app.command()

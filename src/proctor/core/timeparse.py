@@ -50,3 +50,21 @@ def format_ns(ns: int | None) -> str | None:
     if ns is None:
         return None
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+
+
+def parse_duration_s(value: str | int | float) -> float:
+    """``"90s"``, ``"5m"``, ``"1h"``, ``"250ms"`` or a number of seconds -> seconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value!r}")
+        return float(value)
+    m = _DURATION.match(str(value))
+    if m is None:
+        raise ValueError(f"not a duration: {value!r} (expected e.g. 30s, 5m, 1h, 250ms)")
+    unit = (m.group(2) or "s").lower()
+    return float(m.group(1)) * (0.001 if unit == "ms" else _UNITS[unit])

@@ -20,14 +20,18 @@ work right after.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import shlex
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console, Group, RenderableType
@@ -126,6 +130,56 @@ def release_fleet(engine: Engine, directory: Path = AGENTS_DIR) -> RegistryFigur
     return figures
 
 
+ALERT_RULES = Path(__file__).with_name("alerts.yaml")
+
+
+class WebhookReceiver:
+    """The demo's stand-in for a team's alert channel: an HTTP receiver on 127.0.0.1 that keeps
+    every notification the server's alert rules send to it (the generic webhook JSON)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []  # type: list[tuple[int, dict[str, Any]]]
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with contextlib.suppress(ValueError):
+                    received.append((time.time_ns(), json.loads(body)))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="demo-webhook", daemon=True)
+        self._thread.start()
+        self._shown = 0
+
+    def rules_file(self, directory: Path) -> Path:
+        """The demo's alert rules, with the webhook pointed at this receiver."""
+        path = directory / "alerts.yaml"
+        path.write_text(ALERT_RULES.read_text().replace("http://127.0.0.1:9/alerts", self.url))
+        return path
+
+    def new_lines(self) -> list[str]:
+        """One console line per notification received since the last call."""
+        out = []
+        for _, doc in self.received[self._shown:]:
+            action = f" → {doc['action']}" if doc.get("action") else ""
+            out.append(f"alert: {doc['status'].upper()} {doc['rule_id']} ({doc['severity']}): {doc['summary']}{action}")
+        self._shown = len(self.received)
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class CanaryRelease:
     """The SIMULATED release manager's script: promote the support-triage canary to prod a third
     of the way into the runs, and roll prod back two thirds in (``proctor agent rollback``).
@@ -178,6 +232,7 @@ class DemoSummary:
     interrupted: bool = False
     governance: GovernanceFigures | None = None
     registry: RegistryFigures | None = None
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # notifications the local webhook received
 
     @property
     def trace_ids(self) -> list[str]:
@@ -227,12 +282,15 @@ def run_demo(
 
     from proctor.server.run import start_in_thread
 
+    scratch = tempfile.TemporaryDirectory(prefix="proctor-demo-")
+    receiver = WebhookReceiver()
     try:
-        server, thread = start_in_thread(host="127.0.0.1", port=port, database_url=database_url)
+        server, thread = start_in_thread(host="127.0.0.1", port=port, database_url=database_url,
+                                         alert_rules=str(receiver.rules_file(Path(scratch.name))))
     except OSError as exc:  # lost a race for the port after the check above
+        receiver.close()
         raise DemoError(str(exc)) from exc
     url = f"http://127.0.0.1:{port}"
-    scratch = tempfile.TemporaryDirectory(prefix="proctor-demo-")
     crm: CRM | None = None
     supervisor: Supervisor | None = None
     engine: Engine | None = None
@@ -257,8 +315,12 @@ def run_demo(
         supervisor = Supervisor(ApprovalStore(engine), crm.path, seed=SEED).start()
         fleet = Fleet(crm, seed=SEED, tracer=provider.get_tracer("proctor.demo"))
         release = CanaryRelease(engine, runs, summary.registry)
-        summary.interrupted = _simulate(fleet, runs, console, summary.records, release.after)
+        summary.interrupted = _simulate(fleet, runs, console, summary.records, release.after, receiver.new_lines)
         proctor.sdk.flush()
+        time.sleep(1.5)  # the last spans' alerts: the engine judges them within a second of arrival
+        for line in receiver.new_lines():
+            console.print(f"[bold red]{line}[/]", highlight=False)
+        summary.alerts = [{**doc, "received_ns": ts} for ts, doc in receiver.received]
         summary.governance = governance_figures(engine, started_ns)
         _print_summary(console, summary, database_url, started_ns)
         if serve_after and not summary.interrupted:
@@ -279,6 +341,7 @@ def run_demo(
         proctor.sdk.shutdown()
         server.should_exit = True
         thread.join(10)
+        receiver.close()
         if crm is not None:
             crm.close()
         if engine is not None:
@@ -312,7 +375,8 @@ def _print_banner(console: Console, url: str, db_url: str, crm_path: Path) -> No
 
 
 def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord],
-              after: Callable[[int], str | None] = lambda done: None) -> bool:
+              after: Callable[[int], str | None] = lambda done: None,
+              alerts: Callable[[], list[str]] = list) -> bool:
     """Play the runs; True when Ctrl-C stopped them early. ``after(n)`` runs after the n-th run
     (a scripted release); the line it returns is printed."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -331,6 +395,8 @@ def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord
                 line = after(len(records))
                 if line:
                     progress.console.print(f"[bold cyan]{line}[/]", highlight=False)
+                for alert in alerts():  # what the server's alert rules sent to the local webhook
+                    progress.console.print(f"[bold red]{alert}[/]", highlight=False)
         except KeyboardInterrupt:
             progress.console.print("[yellow]interrupted: stopping the fleet[/]")
             return True

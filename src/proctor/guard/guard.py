@@ -272,6 +272,21 @@ class Guard:
                                  + (f" — {ks.reason}" if ks.reason else ""))
         return None
 
+    def _approval_mode(self, agent: str | None, side_effect: str | None) -> list[Match]:
+        """An ``approvals_only`` switch (set by an operator or an alert's containment): every
+        side-effecting call needs a human. It adds to the rules' matches, so a call they deny
+        stays denied."""
+        kills = self._kills
+        if not kills or side_effect not in _WRITES:
+            return []
+        for scope in ("approvals_only", f"approvals_only:agent:{agent}"):
+            ks = kills.get(scope)
+            if ks is not None:
+                return [Match(f"kill_switch:{scope}", "require_approval", True,
+                              f"approval mode ({scope}): {side_effect} tools need a human's approval"
+                              + (f" — {ks.reason}" if ks.reason else ""))]
+        return []
+
     # -- tool calls ---------------------------------------------------------------------------
 
     def check_tool(self, gs: GuardSession, tool: str, args: dict[str, Any] | None = None, *,
@@ -293,6 +308,7 @@ class Guard:
             matches = self._preconditions(gs, agent, profile.side_effect)
             if not matches:
                 matches, _ = ap.evaluate(action, profile)
+                matches += self._approval_mode(agent, profile.side_effect)
                 stateful = profile.stateful
                 if stateful:
                     if "loop" in stateful:
@@ -684,7 +700,8 @@ class Guard:
         d = Decision(effect="allow", rule_id=f"approval:{approval.id}",
                      message=f"approved by {approval.decided_by}", matches=matches,
                      policy_hash=decision.policy_hash, input_digest=decision.input_digest, stage=decision.stage,
-                     target=decision.target, side_effect=decision.side_effect, approval_id=approval.id)
+                     target=decision.target, side_effect=decision.side_effect, approval_id=approval.id,
+                     rule_kind="approval")
         if "budget" in permit.profile.stateful:
             d2 = self._reserve(permit, d, action, [m for m in matches if m.effect != "require_approval"],
                                {"tool_calls": 1.0})

@@ -43,6 +43,8 @@ def span_event(decision: Decision) -> tuple[str | None, str | None]:
         }
         if decision.target:
             attrs["proctor.decision.target"] = decision.target
+        if decision.rule_kind:
+            attrs["proctor.decision.rule_kind"] = decision.rule_kind
         if decision.shadow_effect:
             attrs["proctor.decision.shadow_effect"] = decision.shadow_effect
         if decision.approval_id:
@@ -68,7 +70,7 @@ def records_of(decision: Decision, ts_ns: int, trace_id: str | None, span_id: st
         decision_id=decision.decision_id, ts_ns=ts_ns, trace_id=trace_id, span_id=span_id,
         session_id=session_id, agent=agent, action=decision.stage, target=decision.target,
         effect=decision.effect, enforced=True, rule_id=decision.rule_id, policy_hash=decision.policy_hash,
-        input_digest=decision.input_digest, reasons=reasons)]
+        input_digest=decision.input_digest, reasons=reasons, rule_kind=decision.rule_kind)]
     if decision.shadow_effect:
         out.append(DecisionRecord(
             decision_id=decision.decision_id + "-shadow", ts_ns=ts_ns, trace_id=trace_id, span_id=span_id,

@@ -86,6 +86,18 @@ class AppliedPolicy:
         self._llm: dict[str | None, ToolProfile] = {}
         self._kinds: dict[str, list[tuple[PolicyBundle, Rule]]] = {}
         self._lock = threading.Lock()
+        self.rule_kinds: dict[str, str] = {r.id: r.kind for b in self.bundles for r in b.rules}
+
+    def kind_of(self, rule_id: str | None) -> str | None:
+        """The kind of the rule that decided (tool, llm, loop, scanner, budget, rate_limit, taint),
+        or what decided instead: kill_switch, approval, capability, session; None for a default."""
+        if rule_id is None:
+            return None
+        kind = self.rule_kinds.get(rule_id)
+        if kind is None:
+            head = rule_id.split(":", 1)[0]
+            kind = "session" if head == "session_terminated" else head
+        return kind
 
     def rules(self, kind: str) -> list[tuple[PolicyBundle, Rule]]:
         """Every rule of ``kind`` that applies to this agent (cached)."""
@@ -354,6 +366,7 @@ def finish_decision(action: Action, matches: list[Match], default: str, ap: Appl
         side_effect=profile.side_effect,
         draft=bool(by is not None and by.draft),
         shadow_effect=shadow if shadow != effect else None,
+        rule_kind=ap.kind_of(by.rule_id) if by is not None else None,
     )
 
 

@@ -96,16 +96,17 @@ class _Unsupported(Exception):
     """The source is outside the subset (compile time): compile_fast returns None."""
 
 
-def compile_fast(source: str) -> Predicate | None:
+def compile_fast(source: str, variables: frozenset[str] = VARIABLES) -> Predicate | None:
     """A closure evaluating the CEL condition ``source`` over a variables mapping, or None when
-    ``source`` is outside the supported subset (the caller then uses real CEL).
+    ``source`` is outside the supported subset (the caller then uses real CEL). ``variables``:
+    the names a condition may read (the policy's by default; alert rules have their own).
 
     The closure returns exactly what CEL would (always a bool) or raises; on any exception the
     caller must fall back to real CEL, which then decides — including whether it is an error.
     """
     try:
         source.encode("utf-8")  # a lone surrogate: CEL cannot take the source at all
-        parser = _Parser(_tokenize(source))
+        parser = _Parser(_tokenize(source), variables)
         tree = parser.parse()
         fn, const = _compile(tree)
     except _Unsupported:
@@ -310,9 +311,10 @@ def _always_bool(node: Node) -> bool:
 
 
 class _Parser:
-    def __init__(self, tokens: list[Token]) -> None:
+    def __init__(self, tokens: list[Token], variables: frozenset[str] = VARIABLES) -> None:
         if len(tokens) > _MAX_TOKENS:
             raise _Unsupported("expression too long")
+        self.variables = variables
         self.tokens = tokens
         self.pos = 0
         self.depth = 0
@@ -435,7 +437,7 @@ class _Parser:
         if kind == "ident":
             if self.accept("("):
                 return ("call", value, None, self.arguments())
-            if value not in VARIABLES:
+            if value not in self.variables:
                 raise _Unsupported(f"unknown identifier {value!r}")
             return ("var", value)
         if (kind, value) == ("op", "("):

@@ -229,6 +229,7 @@ class Decision:
     approval_id: str | None = None
     redacted: Any = None  # the redacted args/content when effect is redact
     shadow_effect: str | None = None  # what shadow rules would have made of it
+    rule_kind: str | None = None  # the deciding rule's kind (loop, scanner, budget, ...), see AppliedPolicy.kind_of
 
     @property
     def allowed(self) -> bool:

@@ -13,12 +13,17 @@ from sqlalchemy import Engine
 
 from proctor import __version__
 from proctor.pipeline import Pipeline
+from proctor.server.alerts import router as alerts_router
 from proctor.server.api import router as api_router
 from proctor.server.governance import PermitTable, build_guard, policy_paths
 from proctor.server.governance import router as governance_router
+from proctor.server.metrics import router as metrics_router
 from proctor.server.otlp import ReceiverLimits, make_receiver
 from proctor.server.registry import router as registry_router
 from proctor.store import BatchWriter, SpanStore, open_engine
+from proctor.telemetry.feeds import DecisionFeed
+from proctor.telemetry.metrics import ProctorMetrics
+from proctor.telemetry.service import AlertService, rule_paths
 
 if TYPE_CHECKING:  # the guard (CEL, YAML, JSON Schema) is imported only when a policy is loaded
     from proctor.guard import Guard
@@ -34,6 +39,10 @@ class ServerState:
     guard: Guard | None = None  # the decision API's guard, when a policy is loaded
     policy_paths: list[str] = field(default_factory=list)
     permits: PermitTable = field(default_factory=PermitTable)
+    # telemetry (issue 5): Prometheus metrics, and the decision-log feed they (and alerts) read
+    metrics: ProctorMetrics | None = None
+    decisions: DecisionFeed | None = None
+    alerts: AlertService | None = None  # alert rules on the live stream, silences, history
 
 
 def create_app(
@@ -42,12 +51,17 @@ def create_app(
     limits: ReceiverLimits | None = None,
     policy: str | list[str] | None = None,
     approval_webhook: str | None = None,
+    alert_rules: str | list[str] | None = None,
+    console_url: str | None = None,
 ) -> FastAPI:
     """Build the app on ``database_url`` (default: PROCTOR_DATABASE_URL or .proctor/proctor.db).
 
     ``policy``: bundle files or directories for the decision API (default: PROCTOR_POLICY,
     paths separated by os.pathsep); an invalid bundle raises PolicyError naming file:line.
     ``approval_webhook`` (default: PROCTOR_APPROVAL_WEBHOOK) is told of every new approval.
+    ``alert_rules`` (default: PROCTOR_ALERT_RULES): alert rule files or directories; an invalid
+    file raises AlertRulesError naming file:line. ``console_url``: the server's address as
+    notifications should link to it.
     """
     engine = open_engine(database_url)
     paths = policy_paths(policy)
@@ -59,14 +73,34 @@ def create_app(
     store = SpanStore(engine)
     writer = BatchWriter(store)
     state = ServerState(engine, store, writer, Pipeline(writer), time.time_ns(), guard, paths)
+    # --- telemetry (issue 5): /metrics over the span stream, the decision log and approvals ---
+    metrics = state.metrics = ProctorMetrics(engine)
+    decisions = state.decisions = DecisionFeed(engine)
+    state.pipeline.subscribe(metrics.on_spans)
+    decisions.subscribe(metrics.on_decisions)
+    try:
+        alerts = state.alerts = AlertService(engine, rule_paths(alert_rules), console_url=console_url,
+                                             record_span=lambda span: state.pipeline.submit([span]))
+    except Exception:
+        engine.dispose()
+        raise
+    state.pipeline.subscribe(alerts.engine.on_spans)
+    decisions.subscribe(alerts.engine.on_decisions)
+    # --- end telemetry
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):  # type: ignore[no-untyped-def]
         writer.start()
+        decisions.start()  # telemetry: tail the decision log
+        metrics.start()  # telemetry: tick() every second, ending idle sessions
+        alerts.start()  # telemetry: the alert engine's thread (ticks every second)
         yield
         writer.close()
         if guard is not None:
             guard.close()  # stops the kill-switch watcher, flushes the decision log
+        decisions.close()  # telemetry
+        alerts.close()  # telemetry
+        metrics.close()  # telemetry
         engine.dispose()
 
     extra: dict[str, Any] = {}
@@ -93,6 +127,8 @@ def create_app(
     app.include_router(api_router)
     app.include_router(governance_router)
     app.include_router(registry_router)
+    app.include_router(metrics_router)  # telemetry: GET /metrics
+    app.include_router(alerts_router)  # telemetry: /api/alerts, /api/alert-rules, /api/silences
 
     @app.get("/healthz", summary="Liveness and the database in use")
     def healthz() -> dict[str, Any]:

@@ -181,7 +181,8 @@ class ApprovalDecision(_Body):
 
 
 class KillSwitchChange(_Body):
-    scope: str = Field(description="global, agent:NAME, session:ID, writes_off or writes_off:agent:NAME")
+    scope: str = Field(description="global, agent:NAME, session:ID, writes_off[:agent:NAME] or "
+                                   "approvals_only[:agent:NAME] (side-effecting calls need approval)")
     active: bool
     by: Name
     reason: Annotated[str, Field(max_length=2000)] = ""

@@ -30,12 +30,14 @@ class _AnnouncingServer(uvicorn.Server):
 def make_server(
     host: str = "127.0.0.1", port: int = 7070, database_url: str | None = None, log_level: str = "warning",
     announce: Callable[[str], None] | None = None, policy: str | list[str] | None = None,
-    approval_webhook: str | None = None,
+    approval_webhook: str | None = None, alert_rules: str | list[str] | None = None,
 ) -> _AnnouncingServer:
-    app = create_app(database_url, policy=policy, approval_webhook=approval_webhook)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
     shown = f"[{host}]" if ":" in host else host
-    return _AnnouncingServer(config, announce, f"http://{shown}:{port}")
+    url = f"http://{shown}:{port}"
+    app = create_app(database_url, policy=policy, approval_webhook=approval_webhook, alert_rules=alert_rules,
+                     console_url=url)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    return _AnnouncingServer(config, announce, url)
 
 
 def run_server(workers: int = 1, **kwargs) -> None:  # type: ignore[no-untyped-def]

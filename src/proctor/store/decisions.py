@@ -58,6 +58,7 @@ class DecisionRecord:
     policy_hash: str | None = None
     input_digest: str | None = None
     reasons: list[str] = field(default_factory=list)
+    rule_kind: str | None = None  # the deciding rule's kind: loop, scanner, budget, tool, kill_switch, ...
 
     def to_dict(self) -> dict[str, Any]:
         # not asdict(): it deep-copies every value, ~10 us per record on the writer's hot path
@@ -75,11 +76,13 @@ def chain_hash(prev_hash: str, seq: int, content: dict[str, Any]) -> str:
     The seq is hashed too, so a row cannot be renumbered. ``ts_ns`` is hashed as a string:
     nanosecond timestamps exceed the integers RFC 8785 represents exactly (2**53).
     """
-    doc = {name: content[name] for name in _CONTENT_FIELDS}
+    doc = {name: content.get(name) for name in _CONTENT_FIELDS}
     doc["seq"] = seq
     doc["ts_ns"] = str(content["ts_ns"])
     doc["enforced"] = bool(content["enforced"])
     doc["reasons"] = list(content["reasons"])
+    if doc.get("rule_kind") is None:  # rows logged before 0004 had no kind: their hashes stay valid
+        doc.pop("rule_kind", None)
     return sha256_hex(prev_hash.encode("ascii") + _canonical(doc))
 
 

@@ -38,7 +38,7 @@ __all__ = ["NOTIFY_CHANNEL", "KillSwitch", "KillSwitchWatcher", "KillSwitches", 
 
 NOTIFY_CHANNEL = "proctor_kill_switches"
 _NAME = r"[^\s\x00-\x1f\x7f]{1,256}"
-_SCOPE_RE = re.compile(rf"global|writes_off|(?:agent|session|writes_off:agent):{_NAME}")
+_SCOPE_RE = re.compile(rf"global|writes_off|approvals_only|(?:agent|session|writes_off:agent|approvals_only:agent):{_NAME}")
 _RECONNECT_S = 5.0
 _STOP_CHECK_S = 0.1
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ def validate_scope(scope: str) -> str:
     if not isinstance(scope, str) or not _SCOPE_RE.fullmatch(scope):
         raise ValueError(
             f"invalid kill-switch scope {scope!r}: expected 'global', 'agent:<name>', 'session:<id>',"
-            " 'writes_off' or 'writes_off:agent:<name>' (names without spaces, at most 256 characters)"
+            " 'writes_off', 'writes_off:agent:<name>', 'approvals_only' or 'approvals_only:agent:<name>'"
+            " (names without spaces, at most 256 characters)"
         )
     return scope
 

@@ -212,6 +212,8 @@ decisions = Table(
     Column("policy_hash", Text),
     Column("input_digest", String(64)),
     Column("reasons", Text, nullable=False),  # JSON list of strings
+    # the deciding rule's kind (tool, loop, scanner, budget, ...); added by 0004, hashed only when set
+    Column("rule_kind", String(32)),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index("ux_decisions_decision_id", "decision_id", unique=True),
@@ -306,4 +308,60 @@ deployment_heads = Table(
     Column("seq", BigInteger, nullable=False),
     Column("updated_ns", BigInteger, nullable=False),
     PrimaryKeyConstraint("agent", "environment", name="pk_deployment_heads"),
+)
+
+
+# --- alerts (issue 5) ---------------------------------------------------------------------------
+
+# One row per alert instance: a rule's condition holding for one group (agent, session, tool...)
+# from pending through firing to resolved. The engine keeps at most one open (pending or firing)
+# alert per (rule_id, group_key).
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("rule_id", Text, nullable=False),
+    Column("group_key", String(64), nullable=False),  # sha256 of the rule id and the group
+    Column("group", Text, nullable=False),  # JSON object: the group-by fields and their values
+    Column("status", String(16), nullable=False),  # pending | firing | resolved
+    Column("severity", String(16), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("value", Float),
+    Column("labels", Text, nullable=False),  # JSON object
+    Column("evidence", Text, nullable=False),  # JSON: trace_ids, span_ids, decision_ids (bounded)
+    Column("action", Text),  # the containment taken, if any
+    Column("silenced_by", String(32)),  # the silence that muted its notifications
+    Column("started_ns", BigInteger, nullable=False),
+    Column("fired_ns", BigInteger),
+    Column("resolved_ns", BigInteger),
+    Column("updated_ns", BigInteger, nullable=False),
+    Index("ix_alerts_status", "status", "updated_ns"),
+    Index("ix_alerts_rule", "rule_id", "group_key"),
+    Index("ix_alerts_started", "started_ns"),
+)
+
+# Append-only: every transition, notification attempt, containment action and silencing.
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("alert_id", String(32), nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("kind", String(32), nullable=False),  # pending | firing | resolved | notified | notify_failed | action
+    Column("detail", Text, nullable=False),  # JSON object
+    Index("ix_alert_events_alert", "alert_id", "seq"),
+)
+
+# Silences mute notifications of matching alerts until they expire (alerts are still recorded).
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("matchers", Text, nullable=False),  # JSON object: rule (glob) and group fields (exact)
+    Column("comment", Text, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Column("revoked_ns", BigInteger),
+    Index("ix_silences_expires", "expires_ns"),
 )
