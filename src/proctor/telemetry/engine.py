@@ -475,6 +475,10 @@ class AlertEngine:
                     continue
                 self._judge(st.rule, key, t.observe(g, now, self.baselines), now, out, g)
             # sessions age without new spans: duration grows, idle ones are dropped
+            for t in self._polled.get("session_cost", []):  # cumulative: forget sessions gone idle
+                for key, g in list(t.groups.items()):
+                    if now - g.last_ns > SESSION_IDLE_S * NS and not any((r.id, key) in self._open for r in t.rules):
+                        del t.groups[key]
             for t in self._polled.get("session_duration", []):
                 for key, g in list(t.groups.items()):
                     if now - g.last_ns > SESSION_IDLE_S * NS:
