@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test lint install install-test bench clean
+.PHONY: demo test lint install install-test bench clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,15 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/proctor demo
 
+## chromium: the console tests drive Debian's Chromium (never a downloaded browser)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
+	  { echo "installing Debian's chromium for the console tests"; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; }
+
 ## test: install with the test extras and run the whole suite (SQLite and PostgreSQL)
-test: install-test
+test: install-test chromium
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src/proctor
 	$(PY) -m pytest -q

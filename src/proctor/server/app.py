@@ -24,6 +24,7 @@ from proctor.store import BatchWriter, SpanStore, open_engine
 from proctor.telemetry.feeds import DecisionFeed
 from proctor.telemetry.metrics import ProctorMetrics
 from proctor.telemetry.service import AlertService, rule_paths
+from proctor.ui import mount_console
 
 if TYPE_CHECKING:  # the guard (CEL, YAML, JSON Schema) is imported only when a policy is loaded
     from proctor.guard import Guard
@@ -129,6 +130,8 @@ def create_app(
     app.include_router(registry_router)
     app.include_router(metrics_router)  # telemetry: GET /metrics
     app.include_router(alerts_router)  # telemetry: /api/alerts, /api/alert-rules, /api/silences
+
+    mount_console(app)  # the web console: pages at /, /traces, ... and /static
 
     @app.get("/healthz", summary="Liveness and the database in use")
     def healthz() -> dict[str, Any]:

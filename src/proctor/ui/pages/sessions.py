@@ -1,0 +1,7 @@
+"""The sessions pages of the console (HTML and its JSON twin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["console"])
