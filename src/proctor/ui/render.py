@@ -77,7 +77,7 @@ def _usd(v: float | int | None) -> str:
 
 
 def _time(ns: int | None) -> str:
-    return format_ns(int(ns)) if ns else "–"
+    return (format_ns(int(ns)) or "–") if ns else "–"
 
 
 def _pretty(value: Any) -> str:
