@@ -40,9 +40,10 @@ from proctor.demo.fleet import (
     RunRecord,
 )
 from proctor.demo.governance import SUPERVISOR, Supervisor, demo_guard
-from proctor.demo.run import RELEASE_MANAGER, DemoError, DemoSummary, release_fleet, run_demo
+from proctor.demo.run import RELEASE_MANAGER, DemoError, DemoSummary, demo_keys, release_fleet, run_demo
 from proctor.registry.manifest import load_manifest, manifest_files
 from proctor.server.run import start_in_thread
+from proctor.store import ApiKeys
 from proctor.store.approvals import ApprovalStore
 from proctor.store.budgets import BudgetLedger
 from proctor.store.decisions import DecisionLog
@@ -111,7 +112,9 @@ def api(demo: Demo) -> Iterator[httpx.Client]:
     port = free_port()
     server, thread = start_in_thread(port=port, database_url=demo.db)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        # the demo turns auth on: read with its DEMO admin key
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                          headers={"authorization": f"Bearer {demo.summary.keys['you']}"}) as client:
             yield client
     finally:
         server.should_exit = True
@@ -143,7 +146,7 @@ def test_the_console_says_it_is_simulated_and_shows_commands_with_a_real_trace_i
              if "proctor traces show " in line]
     assert shown and all(any(t.startswith(s) for t in demo.summary.trace_ids) for s in shown)
     assert f"--db {demo.db}" in out
-    assert f"curl {demo.summary.url}/api/traces" in out
+    assert f"curl -H 'Authorization: Bearer {demo.summary.keys['you']}' {demo.summary.url}/api/traces" in out
 
 
 def test_every_run_reached_the_store_and_every_agent_has_traces(demo: Demo, api: httpx.Client) -> None:
@@ -288,6 +291,43 @@ def test_the_demo_runs_again_in_the_same_process(demo: Demo, tmp_path: Path) -> 
     assert len(again.summary.trace_ids) == 3
     r = CliRunner().invoke(app, ["traces", "ls", "--json", "--db", again.db])
     assert {t["trace_id"] for t in json.loads(r.stdout)["traces"]} == set(again.summary.trace_ids)
+
+
+def test_the_demo_turns_auth_on_with_labelled_demo_keys_and_prints_a_login_link(demo: Demo, api: httpx.Client) -> None:
+    keys = demo.summary.keys
+    assert set(keys) == {"you", "demo-fleet"}
+    assert httpx.get(f"{api.base_url}/api/traces", timeout=10).status_code == 401  # no key, no data
+    fleet = {"authorization": f"Bearer {keys['demo-fleet']}"}
+    assert httpx.get(f"{api.base_url}/api/traces", headers=fleet, timeout=10).status_code == 200
+    assert httpx.get(f"{api.base_url}/api/keys", headers=fleet, timeout=10).status_code == 403  # an operator
+    listed = {k["name"]: k for k in api.get("/api/keys").json()["keys"]}
+    assert {n: k["role"] for n, k in listed.items()} == {"demo-fleet": "operator", "you": "admin"}
+    assert listed["demo-fleet"]["last_used_ns"]  # the fleet's SDK sent its key
+    assert "DEMO API keys" in demo.output
+    assert f"{demo.summary.url}/login#key={keys['you']}" in demo.output
+    saved = Path(demo.summary.keys_path)
+    assert saved == Path(demo.db.removeprefix("sqlite:///")).parent / "demo-keys.json"
+    assert saved.stat().st_mode & 0o777 == 0o600
+    doc = json.loads(saved.read_text())
+    assert {n: (k["key"], k["role"]) for n, k in doc["keys"].items()} == {
+        "you": (keys["you"], "admin"), "demo-fleet": (keys["demo-fleet"], "operator")}
+    assert doc["keys"]["you"]["login_url"] == demo.summary.login_url and "DEMO" in doc["note"]
+
+
+def test_the_demo_reuses_its_saved_keys_and_replaces_lost_ones(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path / 'proctor.db'}")
+    try:
+        path = tmp_path / "demo-keys.json"
+        first = demo_keys(engine, path, "http://127.0.0.1:1")
+        assert demo_keys(engine, path, "http://127.0.0.1:2") == first  # the next demo: same keys
+        path.unlink()  # the secrets are lost: only hashes are in the database
+        again = demo_keys(engine, path, "http://127.0.0.1:3")
+        assert set(again) == set(first) and not set(again.values()) & set(first.values())
+        store = ApiKeys(engine)
+        assert all(store.verify(s) is None for s in first.values())  # the lost ones were revoked
+        assert sorted(k.name for k in store.active()) == ["demo-fleet", "you"]
+    finally:
+        engine.dispose()
 
 
 def test_the_fleet_is_deterministic_given_a_seed(tmp_path: Path) -> None:

@@ -6,13 +6,15 @@
 * ``console``  — a server on that database, on a free loopback port (no API key: auth off).
 * ``browser``  — one Chromium for the session, from /usr/bin/chromium. Playwright never downloads
   a browser here; ``make test`` installs Debian's package when it is missing.
-* ``page``     — a fresh 1280x800 context per test. Its screenshot is kept under
+* ``page``     — a fresh 1280x800 context per test (logged in as the demo's admin when the test
+  also uses ``console``: the demo turns auth on and writes its keys to demo-keys.json). Its screenshot is kept under
   ``test-artifacts/console/`` whatever the outcome, and any JavaScript error fails the test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -22,7 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from proctor.server.run import start_in_thread
 
@@ -38,6 +42,29 @@ DEMO_RUNS = 12  # two rounds of the fleet's scenarios: loops, refunds held for a
 class Console:
     url: str
     db: str
+    key: str | None = None  # the demo's admin key ("you"): the demo turns auth on
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key}"} if self.key else {}
+
+    def get(self, path: str, **params: object) -> httpx.Response:
+        """GET ``path`` as the demo's admin (the JSON twins, the API)."""
+        return httpx.get(self.url + path, params=params or None, headers=self.headers, timeout=10)  # type: ignore[arg-type]
+
+
+def demo_keys(db: str) -> dict[str, str]:
+    """name -> secret of the API keys the demo made (it writes them beside its SQLite database)."""
+    path = Path(str(make_url(db).database)).parent / "demo-keys.json"
+    if not path.exists():
+        return {}
+    return {name: k["key"] for name, k in json.loads(path.read_text())["keys"].items()}
+
+
+def log_in(page, url: str, key: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Give the browser context the console's session cookie for ``key`` (what /login sets)."""
+    if key:
+        page.context.add_cookies([{"name": "proctor_key", "value": key, "url": url}])
 
 
 def _chromium() -> str:
@@ -78,7 +105,7 @@ def stop(server: object, thread: object) -> None:
 def console(demo_db: str) -> Iterator[Console]:
     url, server, thread = serve(demo_db)
     try:
-        yield Console(url, demo_db)
+        yield Console(url, demo_db, demo_keys(demo_db).get("you"))
     finally:
         stop(server, thread)
 
@@ -101,6 +128,9 @@ def page(browser, request: pytest.FixtureRequest) -> Iterator[object]:  # type: 
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     pg = context.new_page()
     pg.set_default_timeout(10_000)
+    if "console" in request.fixturenames:  # browse the demo's server as its admin
+        c = request.getfixturevalue("console")
+        log_in(pg, c.url, c.key)
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     try:

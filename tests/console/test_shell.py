@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
-
 from proctor.ui.render import NAV
 
 
@@ -14,7 +12,7 @@ def test_every_nav_page_renders_and_has_a_json_twin(console, page) -> None:  # t
         response = page.goto(console.url + path)
         assert response is not None and response.status == 200, f"{path}: {response and response.status}"
         assert page.locator("nav a[aria-current=page]").inner_text() == label
-        twin = httpx.get(console.url + page.locator("a.json-link").get_attribute("href"), timeout=10)
+        twin = console.get(page.locator("a.json-link").get_attribute("href"))
         assert twin.status_code == 200 and twin.headers["content-type"].startswith("application/json"), path
     # air-gapped: nothing but the server itself was asked for anything
     assert requests and all(u.startswith(console.url) for u in requests), [u for u in requests
@@ -38,7 +36,7 @@ def test_unknown_page_is_a_readable_404_and_json_stays_json(console, page) -> No
     assert response is not None and response.status == 404
     assert page.locator("h1").inner_text() == "404"
     assert page.locator("nav").is_visible()  # still inside the console frame, with a way back
-    r = httpx.get(console.url + "/api/traces/ffffffffffffffffffffffffffffffff", timeout=10)
+    r = console.get("/api/traces/ffffffffffffffffffffffffffffffff")
     assert r.status_code == 404 and r.json()["detail"]
 
 
@@ -47,3 +45,16 @@ def test_keyboard_g_then_t_goes_to_traces(console, page) -> None:  # type: ignor
     page.keyboard.press("g")
     page.keyboard.press("t")
     page.wait_for_url(console.url + "/traces")
+
+
+def test_api_reference_is_served_offline_and_cdn_docs_are_off(console, page) -> None:  # type: ignore[no-untyped-def]
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(console.url + "/reference")
+    row = page.locator("tr", has=page.locator("td.mono", has_text="/api/traces/{trace_id}"))
+    assert "One trace" in row.first.inner_text()
+    assert all(u.startswith(console.url) for u in requests)
+    twin = console.get("/reference.json").json()
+    assert any(r["path"] == "/api/approvals/{approval_id}/approve" for g in twin["groups"] for r in g["routes"])
+    # FastAPI's /docs would pull Swagger UI from a CDN: it is off
+    assert console.get("/docs").status_code == 404

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from proctor.cli.keys import auth_headers
 from proctor.cli.output import console
 from proctor.cli.output import fail as _fail
 from proctor.cli.output import print_json as _print_json
@@ -55,7 +56,7 @@ decisions_app = typer.Typer(help="The decision log: what the guards decided, and
 
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", envvar="PROCTOR_URL", help="Use a running server (e.g. http://127.0.0.1:7070)."),
+    typer.Option("--url", envvar="PROCTOR_URL", help="Use a running server (e.g. http://127.0.0.1:7070; sends $PROCTOR_API_KEY)."),
 ]
 DbOpt = Annotated[
     str | None,
@@ -112,7 +113,7 @@ class _Source:
         base = self.url or ""
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            r = httpx.request(method, base + path, params=clean, json=body, timeout=30)
+            r = httpx.request(method, base + path, params=clean, json=body, headers=auth_headers(), timeout=30)
         except httpx.HTTPError as exc:
             _fail(f"cannot reach {base}: {exc}")
         if r.status_code >= 400:
@@ -238,7 +239,8 @@ def _decide(approval_id: str, approved: bool, by: str | None, reason: str, url: 
         _print_json(a)
         return
     done = "[green]approved[/]" if approved else "[red]denied[/]"
-    _console().print(f"{done} {a['id']}: {a['tool']} for {a.get('agent') or '?'} (by {who}"
+    # with auth on, the server records the key's name, not --by
+    _console().print(f"{done} {a['id']}: {a['tool']} for {a.get('agent') or '?'} (by {a.get('decided_by') or who}"
                      + (f": {reason})" if reason else ")"), highlight=False)
 
 

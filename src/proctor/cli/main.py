@@ -15,6 +15,7 @@ import typer
 from proctor.cli.agent import agent_app
 from proctor.cli.alerts import alerts_app
 from proctor.cli.governance import approvals_app, audit_app, decisions_app, kill_app
+from proctor.cli.keys import auth_headers, keys_app
 from proctor.cli.output import console
 from proctor.cli.output import fail as _fail
 from proctor.cli.output import print_json as _print_json
@@ -43,11 +44,12 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(agent_app, name="agent")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(keys_app, name="keys")
 
 
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", envvar="PROCTOR_URL", help="Read from a running server (e.g. http://127.0.0.1:7070)."),
+    typer.Option("--url", envvar="PROCTOR_URL", help="Read from a running server (e.g. http://127.0.0.1:7070; sends $PROCTOR_API_KEY)."),
 ]
 DbOpt = Annotated[
     str | None,
@@ -80,7 +82,7 @@ class _Source:
 
             clean = {k: v for k, v in params.items() if v is not None}
             try:
-                r = httpx.get(self.url + path, params=clean, timeout=30)
+                r = httpx.get(self.url + path, params=clean, headers=auth_headers(), timeout=30)
             except httpx.HTTPError as exc:
                 _fail(f"cannot reach {self.url}: {exc}")
             if r.status_code >= 400:

@@ -16,6 +16,11 @@ and deploys each version to its environment through its promotion gates, approve
 SIMULATED release manager: support-triage 1.4.0, refund-agent and kb-researcher to prod, the
 support-triage 1.5.0-rc.1 canary to staging. ``proctor agent ls`` and ``proctor agent diff``
 work right after.
+
+Auth is on in the demo, as it should be on any server: it makes two DEMO API keys (or reuses them):
+``demo-fleet`` (operator), which the fleet's SDK sends, and ``you`` (admin), for the console,
+whose login link it prints. Only their hashes are in the database; the secrets are written to
+``demo-keys.json`` beside the SQLite database (mode 600) so the next demo can reuse them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import shlex
 import socket
 import tempfile
@@ -75,7 +81,7 @@ from proctor.demo.model import MODELS
 from proctor.policy.loader import PolicyError
 from proctor.registry.service import Registry
 from proctor.sdk.resolve import forget as forget_pointers
-from proctor.store import DatabaseURLError, open_engine
+from proctor.store import ApiKeyNotFound, ApiKeys, DatabaseURLError, open_engine
 from proctor.store import database_url as resolve_database_url
 from proctor.store.approvals import ApprovalStore
 from proctor.store.registry import RegistryError
@@ -86,6 +92,56 @@ RELEASE_MANAGER = "demo-release-manager (simulated)"  # signs off the demo's dep
 
 class DemoError(RuntimeError):
     """The demo cannot start; the message says why and what to do."""
+
+
+# The demo's API keys: (name, role). Labelled as demo keys wherever they are shown.
+DEMO_KEYS = (("demo-fleet", "operator"), ("you", "admin"))
+KEYS_FILE = "demo-keys.json"
+
+
+def _keys_path(db_url: str) -> Path:
+    """Beside the SQLite database when there is one, else under .proctor/ in the working directory."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).parent / KEYS_FILE
+    return Path(".proctor") / KEYS_FILE
+
+
+def demo_keys(engine: Engine, path: Path, url: str) -> dict[str, str]:
+    """The demo's keys (name -> secret), turning auth on: the ones saved in ``path`` if they are
+    still valid in this database, else new ones. A demo key whose secret was lost (only its hash
+    is stored) is revoked and made anew. The secrets are written to ``path``, readable by the
+    owner only."""
+    store = ApiKeys(engine)
+    try:
+        saved = json.loads(path.read_text()).get("keys", {})
+    except (OSError, ValueError, AttributeError):
+        saved = {}
+    found: dict[str, str] = {}
+    for name, role in DEMO_KEYS:
+        entry = saved.get(name) if isinstance(saved, dict) else None
+        secret = entry.get("key") if isinstance(entry, dict) else None
+        key = store.verify(secret) if isinstance(secret, str) else None
+        if isinstance(secret, str) and key is not None and key.name == name and key.role == role:
+            found[name] = secret
+            continue
+        with contextlib.suppress(ApiKeyNotFound):
+            if store.get(name).active:
+                store.revoke(name)
+        found[name] = store.create(name, role, by="proctor demo")[1]
+    doc = {
+        "note": "DEMO API keys made by `proctor demo` for its simulated fleet and for you; only their hashes are "
+                "in the database. Revoke them with `proctor keys revoke NAME`.",
+        "url": url,
+        "keys": {name: {"key": found[name], "role": role, "login_url": f"{url}/login#key={found[name]}"}
+                 for name, role in DEMO_KEYS},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+    return found
 
 
 @dataclass
@@ -233,6 +289,12 @@ class DemoSummary:
     governance: GovernanceFigures | None = None
     registry: RegistryFigures | None = None
     alerts: list[dict[str, Any]] = field(default_factory=list)  # notifications the local webhook received
+    keys: dict[str, str] = field(default_factory=dict)  # the DEMO API keys: name -> secret (see DEMO_KEYS)
+    keys_path: str = ""  # where they were written
+
+    @property
+    def login_url(self) -> str:
+        return f"{self.url}/login#key={self.keys['you']}" if "you" in self.keys else self.url
 
     @property
     def trace_ids(self) -> list[str]:
@@ -299,7 +361,9 @@ def run_demo(
         engine = open_engine(db_url)  # the guard's shared state: the same database the server uses
         crm = CRM(_crm_path(db_url, Path(scratch.name)))
         summary.crm_path = str(crm.path)
-        _print_banner(console, url, db_url, crm.path)
+        keys_path = _keys_path(db_url)
+        summary.keys, summary.keys_path = demo_keys(engine, keys_path, url), str(keys_path)
+        _print_banner(console, url, db_url, crm.path, summary)
         summary.registry = release_fleet(engine)
         for problem in summary.registry.problems:
             console.print(f"[yellow]registry: {problem}[/]", highlight=False)
@@ -308,7 +372,8 @@ def run_demo(
         # The fleet gets its tracer from this provider explicitly; tool spans go through the SDK's
         # recorder, which belongs to this init().
         provider = proctor.sdk.init(url=url, service_name=SERVICE_NAME, instrument=False,
-                                    spool_dir=Path(scratch.name) / "spool", set_global=False)
+                                    spool_dir=Path(scratch.name) / "spool", set_global=False,
+                                    api_key=summary.keys["demo-fleet"])
         # The guard governs the fleet's sessions in this process: proctor.sdk.shutdown() closes it.
         proctor.sdk.use_guard(demo_guard(engine))
         started_ns = time.time_ns()
@@ -326,6 +391,7 @@ def run_demo(
         if serve_after and not summary.interrupted:
             console.print(f"\n[bold]Serving on {url}[/] — press Ctrl-C to stop. Approve or deny a held refund "
                           "meanwhile and the fleet finishes it.")
+            console.print(f"Open the console: [bold]{summary.login_url}[/]", highlight=False, soft_wrap=True)
             try:
                 while thread.is_alive():
                     thread.join(0.5)
@@ -349,7 +415,7 @@ def run_demo(
         scratch.cleanup()
 
 
-def _print_banner(console: Console, url: str, db_url: str, crm_path: Path) -> None:
+def _print_banner(console: Console, url: str, db_url: str, crm_path: Path, summary: DemoSummary) -> None:
     priced = " and ".join(MODELS)
     agents = ", ".join(f"{a.name} {a.version}" + (f" (and a {SUPPORT_TRIAGE_CANARY.version} canary)"
                                                    if a is SUPPORT_TRIAGE else "") for a in AGENTS)
@@ -367,11 +433,16 @@ def _print_banner(console: Console, url: str, db_url: str, crm_path: Path) -> No
     ))
     table = Table.grid(padding=(0, 2))
     table.add_row("Proctor server", f"[bold]{url}[/]")
+    table.add_row("DEMO API keys", Text(f"you (admin) and demo-fleet (operator), in {summary.keys_path} "
+                                        "(mode 600): auth is on, every request needs a key"))
     table.add_row("REST API", f"{url}/api/traces")
-    table.add_row("OpenAPI", f"{url}/docs")
+    table.add_row("API reference", f"{url}/reference")
     table.add_row("OTLP/HTTP in", f"{url}/v1/traces")
     table.add_row("database", make_url(db_url).render_as_string(hide_password=True))
     console.print(table)
+    # on a line of its own, unwrapped: a terminal makes it one clickable link
+    console.print(f"Open the console (logs you in with the DEMO admin key): [bold]{summary.login_url}[/]",
+                  highlight=False, soft_wrap=True)
 
 
 def _simulate(fleet: Fleet, runs: int, console: Console, records: list[RunRecord],
@@ -471,7 +542,7 @@ def _print_summary(console: Console, summary: DemoSummary, database_url: str | N
         return
     try:
         stats = httpx.get(f"{summary.url}/api/stats", params={"since": str(started_ns), "service": SERVICE_NAME},
-                          timeout=10).raise_for_status().json()
+                          headers=_bearer(summary), timeout=10).raise_for_status().json()
         console.print(
             f"\n[bold]{stats['traces']} traces[/] from {len(records)} runs · {stats['spans']} spans · "
             f"{stats['errors']} failed spans · {stats['input_tokens']}/{stats['output_tokens']} tokens · "
@@ -499,7 +570,8 @@ def _print_summary(console: Console, summary: DemoSummary, database_url: str | N
          "an agent that gave up"),
         (f"proctor sessions show {chat.session_id}{db}" if chat else "", "a multi-turn conversation"),
         (f"proctor stats{db}", "cost, tokens, latency by agent and tool"),
-        (f"curl {summary.url}/api/traces", "the same data as JSON"),
+        (f"curl -H 'Authorization: Bearer {summary.keys.get('you', '')}' {summary.url}/api/traces",
+         "the same data as JSON (with the DEMO admin key)"),
     ]
     if gov is not None:
         terminated = next((r for r in records if r.stopped and r.stopped.startswith("session terminated")), None)
@@ -521,10 +593,15 @@ def _print_summary(console: Console, summary: DemoSummary, database_url: str | N
              "what the canary changes"),
             (f"proctor agent inventory --tool issue_refund --env prod{db}", "who can issue refunds in prod"),
         ]
+    examples.append((f"proctor keys ls{db}", "the API keys: auth is on, with the DEMO keys"))
     console.print("\nTry:")
     for cmd, what in examples:
         if cmd:
             console.print(f"  [bold cyan]{cmd}[/]  [dim]# {what}[/]", highlight=False, soft_wrap=True)
+
+
+def _bearer(summary: DemoSummary) -> dict[str, str]:
+    return {"authorization": f"Bearer {summary.keys['you']}"} if "you" in summary.keys else {}
 
 
 _EFFECT_ORDER = ("allow", "warn", "redact", "require_approval", "deny", "terminate_session")

@@ -89,6 +89,8 @@ class ProctorHTTPExporter(SpanExporter):
         self.spool = Spool(spool_dir, spool_max_bytes)
         self.max_backoff_s = max_backoff_s
         self.sent_batches = 0
+        self._spool_lock = threading.Lock()
+        self._auth_refused: int | None = None  # the 401/403 last reported, so it is logged once
         self._reported_drops = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -105,9 +107,19 @@ class ProctorHTTPExporter(SpanExporter):
             return False
         if r.status_code < 300:
             self.sent_batches += 1
+            self._auth_refused = None
             return True
         if r.status_code in _RETRYABLE:
             return False
+        if r.status_code in (401, 403):
+            # a missing, revoked or under-privileged key: fixable without losing spans, so keep
+            # them in the spool (bounded) and say so once per change of status
+            if self._auth_refused != r.status_code:
+                log.warning("proctor server refused the API key (%s): %s — span batches are spooled until "
+                            "PROCTOR_API_KEY holds a key with the operator role", r.status_code, r.text[:200])
+            self._auth_refused = r.status_code
+            return False
+        self._auth_refused = None
         # 400/413: the server will never take this batch; keeping it would block the spool.
         log.warning("proctor server refused a span batch (%s): %s", r.status_code, r.text[:300])
         return True
@@ -143,16 +155,11 @@ class ProctorHTTPExporter(SpanExporter):
             self._wake.wait(timeout=self.max_backoff_s)
             self._wake.clear()
             while not self._stop.is_set():
-                files = self.spool.files()
-                if not files:
+                sent = self._send_head()
+                if sent is None:
                     backoff = 0.5
                     break
-                try:
-                    body = files[0].read_bytes()
-                except FileNotFoundError:
-                    continue
-                if self._send(body):
-                    files[0].unlink(missing_ok=True)
+                if sent:
                     backoff = 0.5
                     continue
                 self._report_drops()
@@ -164,17 +171,30 @@ class ProctorHTTPExporter(SpanExporter):
         """Try to send what waits in the spool; True when it is empty."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            sent = self._send_head()
+            if sent is None:
+                return True
+            if not sent:
+                return False
+        return not self.spool.files()
+
+    def _send_head(self) -> bool | None:
+        """Send the oldest spooled batch and remove it once taken. None: the spool is empty.
+
+        One sender at a time: the retry thread and flush_spool() (shutdown, force_flush) would
+        otherwise both read the same file and send the batch twice."""
+        with self._spool_lock:
             files = self.spool.files()
             if not files:
-                return True
+                return None
             try:
                 body = files[0].read_bytes()
             except FileNotFoundError:
-                continue
+                return True  # taken meanwhile (another exporter on the same spool): look again
             if not self._send(body):
                 return False
             files[0].unlink(missing_ok=True)
-        return not self.spool.files()
+            return True
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self.flush_spool(timeout_millis / 1000)

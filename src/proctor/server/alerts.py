@@ -26,6 +26,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from proctor.core.timeparse import parse_duration_s, parse_time_ns
+from proctor.server.auth import acting_as, require
 from proctor.store.alerts import Silence
 from proctor.telemetry.rules import AlertRulesError, RuleSet, load_rules_text
 from proctor.telemetry.service import AlertService, alert_json, replay
@@ -163,6 +164,7 @@ def get_rules(request: Request) -> Response:
 @router.post("/alert-rules/reload", summary="Reload the alert rule files from the configured paths; "
                                             "all or nothing")
 def reload_rules(request: Request) -> Response:
+    require(request, "admin")
     service = _service(request)
     if not service.paths:
         raise HTTPException(409, "no alert rule files configured: start the server with PROCTOR_ALERT_RULES")
@@ -185,6 +187,7 @@ def _parse_rules(text: str) -> RuleSet | Response:
 @router.post("/alert-rules/validate", summary="Check an alert rule text: 200 with its rules, or 400 with "
                                               "every problem")
 def validate_rules(request: Request, body: RulesBody) -> Response:
+    require(request, "admin")
     parsed = _parse_rules(body.rules)
     if isinstance(parsed, Response):
         return parsed
@@ -194,6 +197,7 @@ def validate_rules(request: Request, body: RulesBody) -> Response:
 @router.post("/alert-rules/test", summary="Replay stored spans and decisions through an alert rule text: "
                                           "what would have fired")
 def test_rules(request: Request, body: RulesTestBody) -> Response:
+    require(request, "admin")
     service = _service(request)
     parsed = _parse_rules(body.rules)
     if isinstance(parsed, Response):
@@ -226,6 +230,7 @@ def list_silences(
 @router.post("/silences", status_code=201, summary="Mute notifications of matching alerts for a while "
                                                    "(applies at once; alerts are still recorded)")
 def add_silence(request: Request, body: SilenceBody) -> Response:
+    who = require(request, "operate")
     service = _service(request)
     if not body.matchers:
         raise HTTPException(400, "a silence needs at least one matcher: rule (a glob on the rule id) or a group "
@@ -235,7 +240,8 @@ def add_silence(request: Request, body: SilenceBody) -> Response:
     except ValueError as exc:
         raise HTTPException(400, f"duration: {exc}") from exc
     try:
-        s = service.store.add_silence(dict(body.matchers), duration_s=duration_s, comment=body.comment, by=body.by)
+        s = service.store.add_silence(dict(body.matchers), duration_s=duration_s, comment=body.comment,
+                                       by=acting_as(who, body.by))
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
     service.refresh_silences()
@@ -247,6 +253,7 @@ def delete_silence(
     request: Request,
     silence_id: Annotated[str, Path(min_length=1, max_length=64)],
 ) -> Response:
+    require(request, "operate")
     service = _service(request)
     s = service.store.revoke_silence(silence_id)
     if s is None:

@@ -15,6 +15,8 @@ from proctor import __version__
 from proctor.pipeline import Pipeline
 from proctor.server.alerts import router as alerts_router
 from proctor.server.api import router as api_router
+from proctor.server.auth import AuthMiddleware, KeyCache
+from proctor.server.auth import router as auth_router
 from proctor.server.governance import PermitTable, build_guard, policy_paths
 from proctor.server.governance import router as governance_router
 from proctor.server.metrics import router as metrics_router
@@ -24,7 +26,6 @@ from proctor.store import BatchWriter, SpanStore, open_engine
 from proctor.telemetry.feeds import DecisionFeed
 from proctor.telemetry.metrics import ProctorMetrics
 from proctor.telemetry.service import AlertService, rule_paths
-from proctor.ui import mount_console
 
 if TYPE_CHECKING:  # the guard (CEL, YAML, JSON Schema) is imported only when a policy is loaded
     from proctor.guard import Guard
@@ -44,6 +45,7 @@ class ServerState:
     metrics: ProctorMetrics | None = None
     decisions: DecisionFeed | None = None
     alerts: AlertService | None = None  # alert rules on the live stream, silences, history
+    auth: KeyCache | None = None  # the API keys, re-read at most every 0.8 s (server/auth.py)
 
 
 def create_app(
@@ -115,9 +117,16 @@ def create_app(
         version=__version__,
         description="Self-hosted AgentOps control plane: traces, governance, telemetry and evaluation.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load from a CDN: off, for air-gapped installs. The console's
+        # /reference page renders the same OpenAPI document from vendored assets.
+        docs_url=None,
+        redoc_url=None,
         **extra,
     )
     app.state.proctor = state
+    # auth: on while an API key exists; every request but /healthz, /login, /static is checked
+    state.auth = KeyCache(engine)
+    app.add_middleware(AuthMiddleware, keys=state.auth)
     app.add_api_route(
         "/v1/traces",
         make_receiver(state.pipeline, limits),
@@ -130,6 +139,11 @@ def create_app(
     app.include_router(registry_router)
     app.include_router(metrics_router)  # telemetry: GET /metrics
     app.include_router(alerts_router)  # telemetry: /api/alerts, /api/alert-rules, /api/silences
+    app.include_router(auth_router)  # auth: /api/keys
+
+    # imported here: the console's pages import proctor.server.auth, so importing proctor.ui
+    # first (a test, a tool) would otherwise go round proctor.server.app back into proctor.ui
+    from proctor.ui import mount_console
 
     mount_console(app)  # the web console: pages at /, /traces, ... and /static
 

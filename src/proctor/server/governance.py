@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Engine
 
+from proctor.server.auth import acting_as, require
 from proctor.store.approvals import ApprovalError, ApprovalNotFound, ApprovalStore
 from proctor.store.decisions import DecisionLog
 from proctor.store.killswitches import KillSwitches, validate_scope
@@ -176,7 +177,8 @@ class InputCheck(SessionFields):
 
 
 class ApprovalDecision(_Body):
-    by: Name = Field(description="Who decides.")
+    by: Name | None = Field(None, description="Who decides: required when auth is off. With auth on, the "
+                                              "key's name is recorded and this is ignored.")
     reason: Annotated[str, Field(max_length=2000)] = ""
 
 
@@ -273,6 +275,7 @@ def _after(out: Any, given: Any, exc: PolicyViolation | None, key: str) -> dict[
 def guard_tool(request: Request, body: ToolCheck) -> Response:
     from proctor.guard import PolicyViolation
 
+    require(request, "operate")
     guard = _guard(request)
     gs = _session(guard, body)
     try:
@@ -295,6 +298,7 @@ def guard_tool(request: Request, body: ToolCheck) -> Response:
 def guard_tool_result(request: Request, body: ToolResultBody) -> Response:
     from proctor.guard import PolicyViolation
 
+    require(request, "operate")
     guard = _guard(request)
     permit = _take(request, body.permit_id, "tool_call")
     try:
@@ -309,6 +313,7 @@ def guard_tool_result(request: Request, body: ToolResultBody) -> Response:
 def guard_llm(request: Request, body: LlmCheck) -> Response:
     from proctor.guard import PolicyViolation
 
+    require(request, "operate")
     guard = _guard(request)
     gs = _session(guard, body)
     try:
@@ -325,6 +330,7 @@ def guard_llm(request: Request, body: LlmCheck) -> Response:
 def guard_llm_result(request: Request, body: LlmResultBody) -> Response:
     from proctor.guard import PolicyViolation
 
+    require(request, "operate")
     guard = _guard(request)
     permit = _take(request, body.permit_id, "llm_call")
     try:
@@ -341,6 +347,7 @@ def guard_llm_result(request: Request, body: LlmResultBody) -> Response:
 def guard_input(request: Request, body: InputCheck) -> Response:
     from proctor.guard import PolicyViolation
 
+    require(request, "operate")
     guard = _guard(request)
     gs = _session(guard, body)
     try:
@@ -371,6 +378,7 @@ def get_policy(request: Request) -> Response:
 @router.post("/policy/reload", summary="Reload the bundles from the configured paths; all or nothing",
              dependencies=[NEEDS_POLICY])
 def reload_policy(request: Request) -> Response:
+    require(request, "admin")
     guard = _guard(request)
     paths = _state(request).policy_paths
     before = guard.policy.hash
@@ -418,8 +426,13 @@ def get_approval(request: Request, approval_id: ApprovalId) -> Response:
 
 
 def _decide(request: Request, approval_id: str, body: ApprovalDecision, approved: bool) -> Response:
+    who = require(request, "approve")
+    # auth on: the approver is who holds the key, whatever the body says; auth off: the body says
+    by = acting_as(who, body.by)
+    if not by:
+        raise HTTPException(422, "by: say who decides (required while auth is off)")
     try:
-        a = _approvals(request).decide(approval_id, approved=approved, by=body.by, reason=body.reason)
+        a = _approvals(request).decide(approval_id, approved=approved, by=by, reason=body.reason)
     except ApprovalNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     except ApprovalError as exc:  # already decided, used, or expired: the store says which
@@ -448,7 +461,9 @@ def list_kill_switches(request: Request) -> Response:
 
 @router.post("/kill-switches", summary="Turn a kill switch on or off; running guards see it within a second")
 def set_kill_switch(request: Request, body: KillSwitchChange) -> Response:
-    switch = KillSwitches(_state(request).engine).set(body.scope, active=body.active, by=body.by, reason=body.reason)
+    who = require(request, "operate")
+    switch = KillSwitches(_state(request).engine).set(body.scope, active=body.active, by=acting_as(who, body.by),
+                                                      reason=body.reason)
     return _json(switch.to_dict())
 
 

@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from proctor.pipeline import Pipeline
 from proctor.semconv import DecodeLimits, OTLPDecodeError, decode_json, decode_protobuf
+from proctor.server.auth import require
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def make_receiver(pipeline: Pipeline, limits: ReceiverLimits | None = None):  # 
     limits = limits or ReceiverLimits()
 
     async def receive_traces(request: Request) -> Response:
+        require(request, "ingest")  # also checked by the auth middleware, before the body is read
         ctype_header = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype_header in ("application/x-protobuf", "application/protobuf"):
             ctype, decode = PROTOBUF, decode_protobuf

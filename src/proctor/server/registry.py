@@ -29,6 +29,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from proctor.core.timeparse import parse_time_ns
+from proctor.server.auth import acting_as, require
 from proctor.store.registry import RegistryError, RegistryStore, StoredVersion, UnknownVersion
 
 if TYPE_CHECKING:
@@ -311,12 +312,13 @@ def inventory(
 def push(request: Request, body: PushBody) -> Response:
     from proctor.policy.loader import PolicyError
 
+    who = require(request, "operate")
     try:
         v = resolve_upload(body)
     except PolicyError as exc:
         return _problems(exc)
     try:
-        res = _store(request).push(v.name, v.version_id, v.manifest, by=body.by)
+        res = _store(request).push(v.name, v.version_id, v.manifest, by=acting_as(who, body.by))
     except RegistryError as exc:
         raise _error(exc) from exc
     return _json({"created": res.created, "version": res.version.to_dict(manifest=False)},
@@ -330,10 +332,11 @@ def push(request: Request, body: PushBody) -> Response:
 def deploy(request: Request, name: AgentName, body: DeployBody) -> Response:
     from proctor.registry.service import PromotionRefused
 
+    who = require(request, "operate")
     reg = _registry(request)
     version = _version(reg.store, body.ref, name)
     try:
-        d = reg.deploy(version.version_id, body.env, by=body.by, reason=body.reason, evidence=body.evidence,
+        d = reg.deploy(version.version_id, body.env, by=acting_as(who, body.by), reason=body.reason, evidence=body.evidence,
                        approvals=[(a.name, a.role) for a in body.approvals], agent=name)
     except PromotionRefused as exc:
         return _json({**exc.deployment.to_dict(), "detail": str(exc)}, 409)
@@ -345,10 +348,11 @@ def deploy(request: Request, name: AgentName, body: DeployBody) -> Response:
 @router.post("/agents/{name}/rollback", summary="Put back the version live before the current one "
                                                 "(409 if there is none)")
 def rollback(request: Request, name: AgentName, body: RollbackBody) -> Response:
+    who = require(request, "operate")
     reg = _registry(request)
     _known_environment(reg.store, body.env)
     try:
-        d = reg.rollback(name, body.env, by=body.by, reason=body.reason)
+        d = reg.rollback(name, body.env, by=acting_as(who, body.by), reason=body.reason)
     except RegistryError as exc:
         raise _error(exc, 409) from exc
     return _json(d.to_dict())
@@ -435,6 +439,7 @@ def list_environments(request: Request) -> Response:
 
 @router.post("/environments", summary="Add an environment (201; 200 if it already exists, unchanged)")
 def add_environment(request: Request, body: EnvironmentBody) -> Response:
+    require(request, "operate")
     store = _store(request)
     existed = any(e["name"] == body.name for e in store.environments())
     try:

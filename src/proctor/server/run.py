@@ -9,6 +9,7 @@ from collections.abc import Callable
 import uvicorn
 
 from proctor.server.app import create_app
+from proctor.ui.live import end_streams
 
 
 class _AnnouncingServer(uvicorn.Server):
@@ -23,8 +24,14 @@ class _AnnouncingServer(uvicorn.Server):
         if self.started:
             if self._announce:
                 self._announce(f"Proctor is listening on {self._url}  (API: {self._url}/api/traces, "
-                               f"OpenAPI: {self._url}/docs)")
+                               f"reference: {self._url}/reference)")
             self.ready.set()
+
+    async def shutdown(self, sockets=None) -> None:  # type: ignore[no-untyped-def]
+        # uvicorn waits for every open response before it runs the lifespan shutdown, and the
+        # console's live streams (server-sent events) never end by themselves: end them first
+        end_streams(self.config.app)
+        await super().shutdown(sockets)
 
 
 def make_server(
@@ -36,7 +43,8 @@ def make_server(
     url = f"http://{shown}:{port}"
     app = create_app(database_url, policy=policy, approval_webhook=approval_webhook, alert_rules=alert_rules,
                      console_url=url)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
     return _AnnouncingServer(config, announce, url)
 
 
@@ -63,6 +71,7 @@ def run_server(workers: int = 1, **kwargs) -> None:  # type: ignore[no-untyped-d
     uvicorn.run(
         "proctor.server.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level=kwargs.get("log_level", "warning"), access_log=False,
+        timeout_graceful_shutdown=5,  # a console tab's live stream never ends by itself
     )
 
 

@@ -267,18 +267,33 @@ class DecisionLog:
         session_id: str | None = None,
         trace_id: str | None = None,
         effect: str | None = None,
+        agent: str | None = None,
+        action: str | None = None,
+        rule_id: str | None = None,
+        enforced: bool | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        policy_hash: str | None = None,
         limit: int = 100,
         before_seq: int | None = None,
     ) -> builtins.list[dict[str, Any]]:
-        """Decisions, newest first; ``before_seq`` pages back from the last seq of a page."""
+        """Decisions matching every filter given, newest first; ``before_seq`` pages back from the
+        last seq of a page (a range scan of the primary key however far back). ``policy_hash``
+        matches a prefix; ``since_ns``/``until_ns`` bound the decision time, until exclusive."""
         c = decisions_t.c
         stmt = select(decisions_t).order_by(c.seq.desc()).limit(max(1, limit))
-        if session_id is not None:
-            stmt = stmt.where(c.session_id == session_id)
-        if trace_id is not None:
-            stmt = stmt.where(c.trace_id == trace_id)
-        if effect is not None:
-            stmt = stmt.where(c.effect == effect)
+        for col, value in ((c.session_id, session_id), (c.trace_id, trace_id), (c.effect, effect),
+                           (c.agent, agent), (c.action, action), (c.rule_id, rule_id)):
+            if value is not None:
+                stmt = stmt.where(col == value)
+        if enforced is not None:
+            stmt = stmt.where(c.enforced.is_(enforced))
+        if since_ns is not None:
+            stmt = stmt.where(c.ts_ns >= since_ns)
+        if until_ns is not None:
+            stmt = stmt.where(c.ts_ns < until_ns)
+        if policy_hash is not None:
+            stmt = stmt.where(c.policy_hash.startswith(policy_hash, autoescape=True))
         if before_seq is not None:
             stmt = stmt.where(c.seq < before_seq)
         with self.engine.connect() as conn:

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 DEFAULT_SQLITE_PATH = Path(".proctor") / "proctor.db"
-HEAD_REVISION = "0004"  # keep in step with the newest file in store/migrations/versions
+HEAD_REVISION = "0005"  # keep in step with the newest file in store/migrations/versions
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -364,4 +365,26 @@ silences = Table(
     Column("expires_ns", BigInteger, nullable=False),
     Column("revoked_ns", BigInteger),
     Index("ix_silences_expires", "expires_ns"),
+)
+
+
+# --- server auth (issue 6) ----------------------------------------------------------------------
+
+# API keys: only the SHA-256 of each secret is kept. Never deleted: a revoked key keeps its row
+# (who had access, and until when) and frees its name for a new key.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the <id> in the secret pk_<id>_<random>
+    Column("name", String(64), nullable=False),  # recorded as who acted (e.g. the approver)
+    Column("role", String(16), nullable=False),  # viewer | operator | approver | admin
+    Column("key_hash", String(64), nullable=False),  # sha256 hex of the whole secret
+    Column("prefix", String(32), nullable=False),  # the secret's first characters, for display
+    Column("created_ns", BigInteger, nullable=False),
+    Column("created_by", Text),
+    Column("revoked_ns", BigInteger),
+    Column("last_used_ns", BigInteger),  # updated at most once a minute per key and server
+    # a name belongs to one active key at a time (partial index: revoked keys keep their names)
+    Index("ux_api_keys_active_name", "name", unique=True, sqlite_where=text("revoked_ns IS NULL"),
+          postgresql_where=text("revoked_ns IS NULL")),
 )

@@ -267,6 +267,12 @@ class ProctorMetrics:
             while len(active) > self.max_sessions:  # bounded: the least recently seen ends early
                 self._end(active.popitem(last=False)[1])
 
+    def active_sessions(self) -> list[tuple[str, str, int, float]]:
+        """(session id, agent label, last seen ns, cost seen) of each session active now, least
+        recently seen first (the console's overview lists them)."""
+        with self._lock:
+            return [(sid, s.agent, s.seen_ns, s.cost_usd) for sid, s in self._sessions.items()]
+
     def tick(self, now_ns: int | None = None) -> int:
         """End sessions idle for ``session_idle_s`` as of ``now_ns`` (default: now); returns how many."""
         now = self._clock() if now_ns is None else now_ns

@@ -6,10 +6,14 @@ from proctor.ui.pages import (
     approvals,
     audit,
     killswitches,
+    login,
     overview,
     policies,
+    reference,
     sessions,
+    trace_detail,
     traces,
 )
 
-ROUTERS = [m.router for m in (overview, traces, sessions, agents, policies, approvals, alerts, killswitches, audit)]
+ROUTERS = [m.router for m in (overview, traces, trace_detail, sessions, agents, policies, approvals, alerts,
+                              killswitches, audit, login, reference)]
