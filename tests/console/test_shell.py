@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 from proctor.ui.render import NAV
 
 
@@ -58,3 +60,14 @@ def test_api_reference_is_served_offline_and_cdn_docs_are_off(console, page) -> 
     assert any(r["path"] == "/api/approvals/{approval_id}/approve" for g in twin["groups"] for r in g["routes"])
     # FastAPI's /docs would pull Swagger UI from a CDN: it is off
     assert console.get("/docs").status_code == 404
+
+
+def test_assets_named_by_release_are_cached_for_good_and_the_icon_exists(console) -> None:  # type: ignore[no-untyped-def]
+    page_html = console.get("/").text
+    assert '/static/css/console.css?v=' in page_html
+    versioned = httpx.get(console.url + "/static/css/console.css?v=0.1.0", timeout=10)
+    assert versioned.status_code == 200 and "immutable" in versioned.headers["cache-control"]
+    plain = httpx.get(console.url + "/static/css/console.css", timeout=10)
+    assert plain.headers["cache-control"] == "no-cache"  # an unversioned URL is revalidated
+    icon = httpx.get(console.url + "/favicon.ico", timeout=10, follow_redirects=True)  # no key needed
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")

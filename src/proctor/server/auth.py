@@ -17,7 +17,7 @@ admin                                  x     API keys, policy and alert-rule rel
 =========  ======  ======  ========  =====
 
 Auth is on while at least one unrevoked key exists (``proctor keys create``); see docs/auth.md.
-:class:`AuthMiddleware` authenticates every request except ``/healthz``, ``/login``, ``/logout``
+:class:`AuthMiddleware` authenticates every request except ``/healthz``, ``/login``, ``/logout``, ``/favicon.ico``
 and ``/static/``: ``Authorization: Bearer <key>`` (API clients, the SDK, the CLI) or the console's
 ``proctor_key`` cookie, which is HttpOnly and SameSite=Strict, and for which a state-changing
 request must also come from the server's own origin (CSRF). It then checks the permission
@@ -132,7 +132,7 @@ RULES: tuple[tuple[frozenset[str], str, str], ...] = (
 )
 
 #: Reachable without a key: liveness, the login and logout pages, the console's assets.
-OPEN_PATHS = frozenset({"/healthz", "/login", "/login.json", "/logout"})
+OPEN_PATHS = frozenset({"/healthz", "/login", "/login.json", "/logout", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/",)
 #: Answered with 401 JSON, never a redirect to the login page (machines read these).
 _MACHINE_PREFIXES = ("/api/", "/v1/", "/metrics", "/healthz", "/openapi.json", "/static/")

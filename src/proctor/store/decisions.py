@@ -261,6 +261,15 @@ class DecisionLog:
                 return
             last = rows[-1].seq
 
+    def for_trace(self, trace_id: str, span_id: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Every decision about a trace (or one span of it), oldest first (the trace view)."""
+        c = decisions_t.c
+        stmt = select(decisions_t).where(c.trace_id == trace_id)
+        if span_id is not None:
+            stmt = stmt.where(c.span_id == span_id)
+        with self.engine.connect() as conn:
+            return [_decode(r) for r in conn.execute(stmt.order_by(c.seq))]
+
     def list(
         self,
         *,

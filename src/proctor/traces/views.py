@@ -176,28 +176,14 @@ def decision_reason(d: dict[str, Any]) -> str:
 
 def _log_decisions(store: SpanStore, trace_id: str, span_id: str | None = None) -> list[dict[str, Any]]:
     """Decision-log rows of a trace (or of one span of it), oldest first."""
-    from proctor.store.schema import decisions as decisions_t
+    from proctor.store.decisions import DecisionLog
 
-    c = decisions_t.c
-    q = select(c.seq, c.decision_id, c.ts_ns, c.span_id, c.action, c.target, c.effect, c.enforced, c.rule_id,
-               c.rule_kind, c.reasons, c.policy_hash).where(c.trace_id == trace_id)
-    if span_id is not None:
-        q = q.where(c.span_id == span_id)
-    with store.engine.connect() as conn:
-        rows = conn.execute(q.order_by(c.seq)).all()
-    out = []
-    for r in rows:
-        try:
-            reasons = orjson.loads(r.reasons) if r.reasons else []
-        except orjson.JSONDecodeError:
-            reasons = [r.reasons]
-        out.append({
-            "decision_id": r.decision_id, "ts_ns": r.ts_ns, "span_id": r.span_id, "effect": r.effect,
-            "rule_id": r.rule_id, "rule_kind": r.rule_kind, "action": r.action, "target": r.target,
-            "reasons": reasons, "enforced": bool(r.enforced), "shadow_effect": None, "approval_id": None,
-            "policy_hash": r.policy_hash, "seq": r.seq, "on_span": False, "in_log": True,
-        })
-    return out
+    return [{
+        "decision_id": r["decision_id"], "ts_ns": r["ts_ns"], "span_id": r["span_id"], "effect": r["effect"],
+        "rule_id": r["rule_id"], "rule_kind": r["rule_kind"], "action": r["action"], "target": r["target"],
+        "reasons": r["reasons"], "enforced": r["enforced"], "shadow_effect": None, "approval_id": None,
+        "policy_hash": r["policy_hash"], "seq": r["seq"], "on_span": False, "in_log": True,
+    } for r in DecisionLog(store.engine).for_trace(trace_id, span_id)]
 
 
 def merge_decisions(on_span: list[dict[str, Any]], logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
