@@ -42,11 +42,12 @@ lint: install-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src/proctor
 
-## bench: the ingest, policy and alerts benchmarks (SQLite and PostgreSQL); print tables
+## bench: the ingest, policy, alerts and console benchmarks (SQLite and PostgreSQL); print tables
 bench: install-test
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/policy.py
 	$(PY) benchmarks/alerts.py
+	$(PY) benchmarks/console.py
 
 clean:
 	rm -rf $(VENV) .proctor .pytest_cache .ruff_cache

@@ -3,7 +3,8 @@
 * ``read_form``         — a urlencoded body, bounded, without python-multipart;
 * ``check_same_origin`` — refuse a form posted from another site (CSRF), also while auth is off;
 * ``see_other``         — POST/redirect/GET;
-* ``session_url`` / ``trace_url`` — the deep links of sessions and spans.
+* ``session_url`` / ``trace_url`` — the deep links of sessions and spans;
+* ``limit_param``       — a checked ``?limit=``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,19 @@ def trace_url(trace_id: str | None, span_id: str | None = None) -> str | None:
     if not trace_id:
         return None
     return f"/traces/{trace_id}" + (f"?span={span_id}" if span_id else "")
+
+
+def limit_param(value: str | None, default: int, maximum: int) -> int:
+    """A ``?limit=`` query value: ``default`` when absent, else a number from 1 to ``maximum`` (400 if not)."""
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise HTTPException(400, f"limit must be a number from 1 to {maximum}, not {value!r}") from None
+    if not 1 <= n <= maximum:
+        raise HTTPException(400, f"limit must be from 1 to {maximum}, not {n}")
+    return n
 
 
 MAX_FORM_BYTES = 64 * 1024

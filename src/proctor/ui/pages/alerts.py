@@ -36,7 +36,7 @@ from proctor.store.alerts import AlertRecord
 from proctor.store.schema import decisions as decisions_t
 from proctor.telemetry.rules import SEVERITIES
 from proctor.telemetry.service import AlertService
-from proctor.ui.forms import check_same_origin, read_form, see_other, session_url, trace_url
+from proctor.ui.forms import check_same_origin, limit_param, read_form, see_other, session_url, trace_url
 from proctor.ui.render import page, principal_of, render
 
 router = APIRouter(tags=["console"])
@@ -55,18 +55,6 @@ def _service(request: Request) -> AlertService:
     if service is None:
         raise HTTPException(409, "alerting is not enabled in this server")
     return service
-
-
-def _limit(value: str | None) -> int:
-    if not value:
-        return DEFAULT_LIMIT
-    try:
-        n = int(value)
-    except ValueError:
-        raise HTTPException(400, f"limit must be a number from 1 to {MAX_LIMIT}, not {value!r}") from None
-    if not 1 <= n <= MAX_LIMIT:
-        raise HTTPException(400, f"limit must be from 1 to {MAX_LIMIT}, not {n}")
-    return n
 
 
 def _alert_view(a: AlertRecord, now_ns: int) -> dict[str, Any]:
@@ -88,7 +76,7 @@ def alerts(request: Request, state: str | None = None, rule: str | None = None, 
         raise HTTPException(400, f"unknown state {state!r}; expected one of {', '.join(STATES)}")
     if severity is not None and severity not in SEVERITIES:
         raise HTTPException(400, f"unknown severity {severity!r}; expected one of {', '.join(SEVERITIES)}")
-    n = _limit(limit)
+    n = limit_param(limit, DEFAULT_LIMIT, MAX_LIMIT)
     service = _service(request)
     # The store filters by state and rule; severity is filtered here, over a wider window so that
     # a page of critical alerts is not cut short by the warnings between them.

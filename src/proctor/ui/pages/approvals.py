@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from proctor.server.auth import require
 from proctor.store.approvals import STATUSES, Approval, ApprovalError, ApprovalNotFound, ApprovalStore
-from proctor.ui.forms import check_same_origin, read_form, see_other, session_url, trace_url
+from proctor.ui.forms import check_same_origin, limit_param, read_form, see_other, session_url, trace_url
 from proctor.ui.render import page, principal_of, render
 
 router = APIRouter(tags=["console"])
@@ -54,18 +54,6 @@ def approval_view(a: Approval, now_ns: int) -> dict[str, Any]:
     return d
 
 
-def _limit(value: str | None) -> int:
-    if not value:
-        return DEFAULT_LIMIT
-    try:
-        n = int(value)
-    except ValueError:
-        raise HTTPException(400, f"limit must be a number from 1 to {MAX_LIMIT}, not {value!r}") from None
-    if not 1 <= n <= MAX_LIMIT:
-        raise HTTPException(400, f"limit must be from 1 to {MAX_LIMIT}, not {n}")
-    return n
-
-
 def _store(request: Request) -> ApprovalStore:
     return ApprovalStore(request.app.state.proctor.engine)
 
@@ -75,7 +63,7 @@ def approvals(request: Request, status: str | None = None, limit: str | None = N
     status = status or None
     if status is not None and status not in STATUSES:
         raise HTTPException(400, f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
-    n = _limit(limit)
+    n = limit_param(limit, DEFAULT_LIMIT, MAX_LIMIT)
     store = _store(request)
     now = time.time_ns()
     if status is None:
