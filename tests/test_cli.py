@@ -81,6 +81,14 @@ def test_traces_ls_lists_newest_first_with_filters(seeded_db: tuple[str, list[st
     assert ids[0][:12] in result.output and ids[1][:12] not in result.output
 
 
+def test_traces_ls_decision_filter_keeps_traces_where_policy_acted(seeded_db: tuple[str, list[str]]) -> None:
+    db, _ids = seeded_db  # no guard ran on these traces: policy acted in none of them
+    result = runner.invoke(app, ["traces", "ls", "--db", db, "--json", "--decision", "any"])
+    assert result.exit_code == 0 and json.loads(result.output)["traces"] == []
+    bad = runner.invoke(app, ["traces", "ls", "--db", db, "--decision", "sometimes"])
+    assert bad.exit_code == 1 and "--decision takes one of any, deny, terminate_session" in bad.output
+
+
 def test_traces_ls_pages_with_a_cursor(seeded_db: tuple[str, list[str]]) -> None:
     db, ids = seeded_db
     first = json.loads(runner.invoke(app, ["traces", "ls", "--db", db, "--json", "--limit", "2"]).output)

@@ -13,7 +13,7 @@ from proctor.semconv import decode_protobuf
 from proctor.store import BatchWriter, CursorError, SpanStore, TraceFilter, open_engine
 from proctor.store.schema import metadata
 
-from spanfactory import agent_trace, any_value, request
+from spanfactory import agent_trace, any_value, request, span
 
 
 @pytest.fixture
@@ -95,6 +95,24 @@ def test_spans_of_one_trace_arriving_in_pieces_add_up(store: SpanStore) -> None:
     assert t is not None
     assert t["span_count"] == 4 and t["root_name"] == "invoke_agent support"
     assert t["duration_ns"] == 100_000_000
+
+
+def test_a_parentless_span_added_later_does_not_rename_the_trace(store: SpanStore) -> None:
+    # an alert's containment span lands in the trace it stopped, after the fact, without a parent
+    tid, spans = agent_trace(agent="kb-researcher")
+    later = span("alert cost-spiral", tid, start_ns=spans[0].start_time_unix_nano + 500_000_000,
+                 attrs={"gen_ai.agent.name": "alerting"})
+    ingest(store, spans)
+    ingest(store, [later])
+    t = store.get_trace_summary(tid.hex())
+    assert t is not None and t["span_count"] == 5
+    assert (t["root_name"], t["agent_name"]) == ("invoke_agent kb-researcher", "kb-researcher")
+    # the same in one batch, whatever the order
+    tid2, spans2 = agent_trace(agent="kb-researcher")
+    later2 = span("alert cost-spiral", tid2, start_ns=spans2[0].start_time_unix_nano + 500_000_000)
+    ingest(store, [later2, *reversed(spans2)])
+    t2 = store.get_trace_summary(tid2.hex())
+    assert t2 is not None and t2["root_name"] == "invoke_agent kb-researcher"
 
 
 def test_trace_filters_select_what_they_name(store: SpanStore) -> None:

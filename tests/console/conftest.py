@@ -3,12 +3,13 @@
 * ``demo_db``  — one SQLite database filled by a real ``proctor demo --no-serve`` run (a subprocess,
   so the SDK's process-wide state stays out of the test process). Read-mostly: tests that change
   state (approve, kill switches) use their own server or accept that others share it.
-* ``console``  — a server on that database, on a free loopback port (no API key: auth off).
+* ``console``  — a server on that database, on a free loopback port. The demo turns auth on:
+  ``Console.key`` is its admin key, and ``Console.get`` sends it.
 * ``browser``  — one Chromium for the session, from /usr/bin/chromium. Playwright never downloads
   a browser here; ``make test`` installs Debian's package when it is missing.
-* ``page``     — a fresh 1280x800 context per test (logged in as the demo's admin when the test
-  also uses ``console``: the demo turns auth on and writes its keys to demo-keys.json). Its screenshot is kept under
-  ``test-artifacts/console/`` whatever the outcome, and any JavaScript error fails the test.
+* ``page``     — a fresh 1280x800 context per test, logged in as the demo's admin when the test
+  also uses ``console`` (the demo writes its keys to demo-keys.json). Its screenshot is kept
+  under ``test-artifacts/console/`` whatever the outcome, and any JavaScript error fails it.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ class Console:
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.key}"} if self.key else {}
 
-    def get(self, path: str, **params: object) -> httpx.Response:
-        """GET ``path`` as the demo's admin (the JSON twins, the API)."""
-        return httpx.get(self.url + path, params=params or None, headers=self.headers, timeout=10)  # type: ignore[arg-type]
+    def get(self, path: str, *, headers: dict[str, str] | None = None, timeout: float = 10,
+            **params: object) -> httpx.Response:
+        """GET ``path`` as the demo's admin (the JSON twins, the API); ``params`` make the query."""
+        return httpx.get(self.url + path, params=params or None,  # type: ignore[arg-type]
+                         headers={**self.headers, **(headers or {})}, timeout=timeout)
 
 
 def demo_keys(db: str) -> dict[str, str]:

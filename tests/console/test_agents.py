@@ -6,13 +6,9 @@ staging, the canary promoted to prod mid-run and rolled back (so the history has
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from console.conftest import serve, stop
 from proctor.registry.service import Registry
@@ -22,34 +18,8 @@ CANARY, STABLE = "1.5.0-rc.1", "1.4.0"
 NEW_PROMPT_LINE = "Tell the customer what happens next and when they will hear from us."
 
 
-def demo_key(console) -> str | None:  # type: ignore[no-untyped-def]
-    """The admin key `proctor demo` made for its console (auth on), or None if auth is off."""
-    path = Path(str(make_url(console.db).database)).parent / "demo-keys.json"
-    try:
-        return str(json.loads(path.read_text())["keys"]["you"]["key"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-@pytest.fixture(autouse=True)
-def _logged_in(request: pytest.FixtureRequest) -> None:
-    """Tests on the demo's server browse as the demo's admin when the demo turned auth on."""
-    if "console" in request.fixturenames and "page" in request.fixturenames:
-        console = request.getfixturevalue("console")
-        key = demo_key(console)
-        if key:
-            request.getfixturevalue("page").context.add_cookies(
-                [{"name": "proctor_key", "value": key, "url": console.url}])
-
-
-def get(console, path: str, **params: Any) -> httpx.Response:  # type: ignore[no-untyped-def]
-    key = demo_key(console)
-    return httpx.get(console.url + path, params=params or None, timeout=10,
-                     headers={"authorization": f"Bearer {key}"} if key else None)
-
-
 def _twin(console, path: str) -> dict:  # type: ignore[no-untyped-def]
-    r = get(console, path)
+    r = console.get(path)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text[:300]
     return r.json()
 
@@ -160,7 +130,7 @@ def test_diff_of_canary_and_stable_shows_model_change_and_prompt_line_side_by_si
     assert same.locator("td.l").inner_text() == same.locator("td.r").inner_text() != ""
 
     twin = _twin(console, "/diff.json?" + page.url.split("?", 1)[1])
-    api = get(console, "/api/diff", a=twin["a"]["version_id"], b=twin["b"]["version_id"]).json()
+    api = console.get("/api/diff", a=twin["a"]["version_id"], b=twin["b"]["version_id"]).json()
     assert [(c["kind"], c["path"]) for c in twin["changes"]] == [(c["kind"], c["path"]) for c in api["changes"]]
     assert twin["a"]["label"] == STABLE and twin["b"]["label"] == CANARY
     rows = twin["prompts"][0]["rows"]
@@ -267,7 +237,7 @@ def test_inventory_filtered_by_a_tool_lists_only_versions_that_may_call_it(conso
     assert rows.count() == 1 and STABLE in rows.inner_text()
 
     doc = _twin(console, "/inventory.json?tool=send_email&env=prod")
-    api = get(console, "/api/versions", tool="send_email", env="prod").json()
+    api = console.get("/api/versions", tool="send_email", env="prod").json()
     assert [r["version_id"] for r in doc["versions"]] == [r["version_id"] for r in api["versions"]]
     assert len(doc["versions"]) == 1
 

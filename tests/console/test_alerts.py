@@ -3,31 +3,10 @@ what is behind each alert, and silencing from the page."""
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 from playwright.sync_api import expect
-
-
-def _demo_admin_key(console) -> str | None:  # type: ignore[no-untyped-def]
-    """The demo turns auth on and saves its keys beside the database; None when it did not."""
-    path = Path(console.db.removeprefix("sqlite:///")).parent / "demo-keys.json"
-    if not path.exists():
-        return None
-    return str(json.loads(path.read_text())["keys"]["you"]["key"])
-
-
-def _login(page, console) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """Log the browser in as the demo's admin (if auth is on); returns headers for httpx."""
-    key = _demo_admin_key(console)
-    if key is None:
-        return {}
-    page.goto(f"{console.url}/login?next=/alerts#key={key}")
-    page.wait_for_url(f"{console.url}/alerts")
-    return {"authorization": f"Bearer {key}"}
 
 
 def _me(page) -> str:  # type: ignore[no-untyped-def]
@@ -40,7 +19,6 @@ def _rules_listed(page) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 def test_the_alerts_page_lists_the_demos_alerts_and_filters_them(console, page) -> None:  # type: ignore[no-untyped-def]
-    auth = _login(page, console)
     page.goto(console.url + "/alerts")
     rules = _rules_listed(page)
     assert {"runaway-loop", "cost-spiral"} <= set(rules), rules
@@ -59,14 +37,13 @@ def test_the_alerts_page_lists_the_demos_alerts_and_filters_them(console, page) 
     page.goto(console.url + "/alerts?severity=critical&state=resolved")
     assert set(_rules_listed(page)) == {"runaway-loop", "cost-spiral"}  # the server's restart resolved them
     # the JSON twin carries the same list
-    doc = httpx.get(console.url + "/alerts.json?severity=critical", timeout=10, headers=auth).json()
+    doc = console.get("/alerts.json", severity="critical").json()
     assert {a["rule_id"] for a in doc["alerts"]} == {"runaway-loop", "cost-spiral"}
     bad = page.goto(console.url + "/alerts?state=exploded")
     assert bad is not None and bad.status == 400
 
 
 def test_an_alert_page_shows_its_events_and_the_spans_and_decisions_behind_it(console, page) -> None:  # type: ignore[no-untyped-def]
-    auth = _login(page, console)
     page.goto(console.url + "/alerts?rule=runaway-loop")
     page.locator("tr.alert-row a.alert-link").first.click()
     page.wait_for_url(re.compile(r".*/alerts/[0-9a-f]{16}$"))
@@ -83,8 +60,7 @@ def test_an_alert_page_shows_its_events_and_the_spans_and_decisions_behind_it(co
         m = re.fullmatch(r"/traces/([0-9a-f]{32})\?span=([0-9a-f]{16})", href)
         assert m, href
         # the link names a span that is in that trace
-        r = httpx.get(f"{console.url}/api/spans/{m.group(2)}", params={"trace_id": m.group(1)}, timeout=10,
-                      headers=auth)
+        r = console.get(f"/api/spans/{m.group(2)}", trace_id=m.group(1))
         assert r.status_code == 200, href
     expect(page.locator("table.evidence-spans")).to_contain_text("execute_tool search_kb")
 
@@ -94,13 +70,12 @@ def test_an_alert_page_shows_its_events_and_the_spans_and_decisions_behind_it(co
     assert re.fullmatch(r"/traces/[0-9a-f]{32}\?span=[0-9a-f]{16}",
                         decision.locator("a.decision-link").get_attribute("href") or "")
 
-    twin = httpx.get(page.url + ".json", timeout=10, headers=auth).json()
+    twin = console.get(urlsplit(page.url).path + ".json").json()
     assert twin["alert"]["rule_id"] == "runaway-loop" and len(twin["spans"]) == len(links)
     assert twin["decisions"][0]["rule_id"] == "runaway-search"
 
 
 def test_a_silence_is_created_and_revoked_from_the_page(console, page) -> None:  # type: ignore[no-untyped-def]
-    auth = _login(page, console)
     page.goto(console.url + "/alerts?rule=cost-spiral")
     page.locator("tr.alert-row a.alert-link").first.click()
     page.click("#silence-like-this")
@@ -125,8 +100,7 @@ def test_a_silence_is_created_and_revoked_from_the_page(console, page) -> None: 
     expect(row).to_contain_text("active")
     expect(row).to_contain_text("known: demo traffic")
     expect(row.locator("td").nth(2)).to_have_text(_me(page))
-    active = httpx.get(console.url + "/api/silences", params={"active": "true"}, timeout=10,
-                       headers=auth).json()["silences"]
+    active = console.get("/api/silences", active="true").json()["silences"]
     assert [s["matchers"] for s in active if s["id"] == silence_id] == [
         dict(m.split("=", 1) for m in matchers.split())]
 
@@ -135,6 +109,5 @@ def test_a_silence_is_created_and_revoked_from_the_page(console, page) -> None: 
     expect(page.locator("#flash")).to_contain_text(f"Silence {silence_id} revoked")
     expect(page.locator(f"#silence-{silence_id}")).to_contain_text("revoked")
     assert page.locator(f"section[aria-labelledby=h-active] #silence-{silence_id}").count() == 0
-    active = httpx.get(console.url + "/api/silences", params={"active": "true"}, timeout=10,
-                       headers=auth).json()["silences"]
+    active = console.get("/api/silences", active="true").json()["silences"]
     assert silence_id not in {s["id"] for s in active}

@@ -9,32 +9,13 @@ import json
 import sqlite3
 from pathlib import Path
 
-import httpx
 import orjson
 from playwright.sync_api import expect
 
-from console.conftest import serve, stop
+from console.conftest import Console, demo_keys, log_in, serve, stop
 from proctor.core.timeparse import format_ns, parse_time_ns
 from proctor.store import open_engine
 from proctor.store.decisions import DecisionLog, chain_hash
-
-
-def _demo_admin_key(db: str) -> str | None:
-    """The demo turns auth on and saves its keys beside the database; None when it did not."""
-    path = Path(db.removeprefix("sqlite:///")).parent / "demo-keys.json"
-    if not path.exists():
-        return None
-    return str(json.loads(path.read_text())["keys"]["you"]["key"])
-
-
-def _login(page, url: str, db: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """Log the browser in as the demo's admin (if auth is on); returns headers for httpx."""
-    key = _demo_admin_key(db)
-    if key is None:
-        return {}
-    page.goto(f"{url}/login?next=/audit#key={key}")
-    page.wait_for_url(f"{url}/audit")
-    return {"authorization": f"Bearer {key}"}
 
 
 def _all_decisions(db: str) -> list[dict]:  # type: ignore[type-arg]
@@ -65,7 +46,6 @@ def _from_csv(text: str) -> list[dict]:  # type: ignore[type-arg]
 
 
 def test_the_demos_chain_verifies_on_the_page(console, page) -> None:  # type: ignore[no-untyped-def]
-    _login(page, console.url, console.db)
     page.goto(console.url + "/audit")
     rows = int(page.locator("#head-seq").inner_text())
     assert rows > 50  # the demo decides a lot
@@ -79,7 +59,6 @@ def test_the_demos_chain_verifies_on_the_page(console, page) -> None:  # type: i
 
 
 def test_decisions_export_for_a_time_range_as_jsonl_and_csv_and_reverify(console, page) -> None:  # type: ignore[no-untyped-def]
-    auth = _login(page, console.url, console.db)
     every = _all_decisions(console.db)
     # a range in the middle, typed as a person would (ISO 8601, milliseconds)
     since = format_ns(every[len(every) // 3]["ts_ns"])
@@ -103,8 +82,7 @@ def test_decisions_export_for_a_time_range_as_jsonl_and_csv_and_reverify(console
     assert {"seq", "prev_hash", "hash", "decision_id", "effect", "rule_id", "reasons"} <= set(exported[0])
     _reverify(exported)
 
-    r = httpx.get(console.url + "/audit/export", params={"since": since, "until": until, "format": "csv"},
-                  timeout=30, headers=auth)
+    r = console.get("/audit/export", since=since, until=until, format="csv")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"].startswith('attachment; filename="proctor-decisions-')
     from_csv = _from_csv(r.text)
@@ -112,12 +90,12 @@ def test_decisions_export_for_a_time_range_as_jsonl_and_csv_and_reverify(console
     _reverify(from_csv)
 
     # no range: the whole log, and the head it was exported against
-    whole = httpx.get(console.url + "/audit/export", timeout=30, headers=auth)
+    whole = console.get("/audit/export")
     seqs = [orjson.loads(line)["seq"] for line in whole.text.splitlines()]
     assert seqs[: len(every)] == [row["seq"] for row in every]
     head_seq = int(whole.headers["x-proctor-chain-head"].split(":")[0])
     assert head_seq >= len(every)
-    bad = httpx.get(console.url + "/audit/export", params={"since": "yesterday-ish"}, timeout=10, headers=auth)
+    bad = console.get("/audit/export", since="yesterday-ish")
     assert bad.status_code == 400 and "since: cannot read time" in bad.json()["detail"]
 
 
@@ -129,13 +107,11 @@ def test_a_row_edited_in_the_database_shows_the_chain_broken_at_that_row(demo_db
         seq = dst.execute("SELECT min(seq) FROM decisions WHERE effect = 'deny'").fetchone()[0]
         assert seq is not None
         dst.execute("UPDATE decisions SET effect = 'allow' WHERE seq = ?", (seq,))  # a denial made to look allowed
-    keys = Path(source).parent / "demo-keys.json"
-    if keys.exists():  # the copy has the demo's keys (auth on): keep the secrets beside it too
-        (tmp_path / "demo-keys.json").write_text(keys.read_text())
     db = f"sqlite:///{copy}"
     url, server, thread = serve(db)
+    tampered = Console(url, db, demo_keys(demo_db).get("you"))  # the copy holds the demo's keys (auth on)
     try:
-        auth = _login(page, url, db)
+        log_in(page, url, tampered.key)
         page.goto(url + "/audit")
         page.click("#verify")
         page.wait_for_url("**/audit?verify=1")
@@ -145,7 +121,7 @@ def test_a_row_edited_in_the_database_shows_the_chain_broken_at_that_row(demo_db
             f"seq {seq}: content does not match its hash: the row was edited")
         expect(page.locator("#content-broken")).to_be_visible()
         expect(page.locator(".bad-row pre.json")).to_contain_text('"effect": "allow"')
-        doc = httpx.get(url + "/audit.json?verify=1", timeout=30, headers=auth).json()
+        doc = tampered.get("/audit.json", verify=1).json()
         assert doc["verification"]["ok"] is False and doc["verification"]["first_bad_seq"] == seq
         assert doc["diagnosis"]["content_ok"] is False and doc["diagnosis"]["link_ok"] is True
     finally:

@@ -6,51 +6,19 @@ holds the fleet's decisions (allowed calls, denials, refunds held for approval, 
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
-from console.conftest import Console, serve, stop
+from console.conftest import Console, demo_keys, log_in, serve, stop
 from proctor.demo.governance import POLICY
 
 BUNDLE = "demo-support"
 
 
-def demo_key(console: Console) -> str | None:
-    """The admin key `proctor demo` made for its console (auth on), or None if auth is off."""
-    path = Path(str(make_url(console.db).database)).parent / "demo-keys.json"
-    try:
-        return str(json.loads(path.read_text())["keys"]["you"]["key"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def log_in(page, console: Console) -> None:  # type: ignore[no-untyped-def]
-    key = demo_key(console)
-    if key:
-        page.context.add_cookies([{"name": "proctor_key", "value": key, "url": console.url}])
-
-
-@pytest.fixture(autouse=True)
-def _logged_in(request: pytest.FixtureRequest) -> None:
-    """Tests on the demo's server browse as the demo's admin when the demo turned auth on."""
-    if "console" in request.fixturenames and "page" in request.fixturenames:
-        log_in(request.getfixturevalue("page"), request.getfixturevalue("console"))
-
-
-def get(console: Console, path: str, **params: Any) -> httpx.Response:
-    key = demo_key(console)
-    return httpx.get(console.url + path, params=params or None, timeout=30,
-                     headers={"authorization": f"Bearer {key}"} if key else None)
-
-
 def twin(console: Console, path: str, **params: Any) -> dict[str, Any]:
-    r = get(console, path, **params)
+    r = console.get(path, **params)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text[:300]
     return r.json()  # type: ignore[no-any-return]
 
@@ -64,7 +32,7 @@ def governed(demo_db: str):  # type: ignore[no-untyped-def]
     """A server on the demo's data whose decision API enforces the demo's bundle."""
     url, server, thread = serve(demo_db, policy=str(POLICY))
     try:
-        yield Console(url, demo_db)
+        yield Console(url, demo_db, demo_keys(demo_db).get("you"))
     finally:
         stop(server, thread)
 
@@ -91,7 +59,7 @@ def test_policies_page_lists_the_bundles_agent_versions_pin(console, page) -> No
 
 
 def test_policies_page_shows_the_decision_apis_active_bundles_with_their_hash(governed, page) -> None:  # type: ignore[no-untyped-def]
-    log_in(page, governed)
+    log_in(page, governed.url, governed.key)
     page.goto(governed.url + "/policies")
     active = page.locator("#active-bundles tbody tr")
     assert active.count() == 1
@@ -195,7 +163,7 @@ def test_a_decision_links_to_its_span_in_a_trace_that_opens(console, page) -> No
     m = re.fullmatch(r"/traces/([0-9a-f]{32})\?span=([0-9a-f]{16})", href or "")
     assert m, href
     trace_id, span_id = m.groups()
-    api = get(console, f"/api/traces/{trace_id}")
+    api = console.get(f"/api/traces/{trace_id}")
     assert api.status_code == 200 and span_id in api.text  # the span the decision governed is in that trace
     with page.expect_navigation() as nav:
         link.click()
@@ -270,7 +238,7 @@ def test_backtest_bad_choice_shows_a_clear_message(console, page, query: str, me
 
 
 def test_backtest_of_the_active_policy_on_a_governed_server(governed, page) -> None:  # type: ignore[no-untyped-def]
-    log_in(page, governed)
+    log_in(page, governed.url, governed.key)
     page.goto(governed.url + "/policies/backtest")
     assert page.locator("#bt-bundle").input_value() == "active"
     page.select_option("#bt-agent", "refund-agent")

@@ -9,7 +9,6 @@ bound and stays virtualized (a few dozen rows in the DOM) from the first span to
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import sys
 import time
@@ -20,9 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from console.conftest import ROOT, serve, stop
+from console.conftest import ROOT, Console, serve, stop
 from proctor.core import Span, ToolCallRef
-from proctor.server.auth import COOKIE
 from proctor.store import SpanStore, open_engine
 from proctor.store.decisions import DecisionLog, DecisionRecord
 from proctor.traces import build_tree, causal_links, trace_detail
@@ -30,46 +28,10 @@ from proctor.traces.tree import tree_order
 from proctor.traces.views import trace_outline
 
 INSPECTOR = "#inspector-body .span-detail:not(.loading)"
-_HEADERS: dict[str, str] = {}
 
 
-def _demo_key(db: str) -> str | None:
-    """The admin key `proctor demo` saved beside its database, when the demo turned auth on."""
-    try:
-        doc = json.loads((Path(db.removeprefix("sqlite:///")).parent / "demo-keys.json").read_text())
-        return str(doc["keys"]["you"]["key"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _credentials(request: pytest.FixtureRequest) -> Iterator[None]:
-    """httpx calls to the demo's server carry its admin key (when it has one)."""
-    if "console" in request.fixturenames:
-        key = _demo_key(request.getfixturevalue("console").db)
-        if key:
-            _HEADERS["Authorization"] = f"Bearer {key}"
-    yield
-    _HEADERS.clear()
-
-
-@pytest.fixture
-def page(page, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """conftest's ``page``, logged in to the demo's server as its admin (when the demo turned auth on)."""
-    if "console" in request.fixturenames:
-        console = request.getfixturevalue("console")
-        key = _demo_key(console.db)
-        if key:
-            page.context.add_cookies([{"name": COOKIE, "value": key, "url": console.url}])
-    return page
-
-
-def _get(url: str, **kwargs: Any) -> httpx.Response:
-    return httpx.get(url, headers={**_HEADERS, **kwargs.pop("headers", {})}, timeout=30, **kwargs)
-
-
-def _api(url: str, path: str, **params: Any) -> Any:
-    r = _get(url + path, params=params)
+def _api(console: Console, path: str, **params: Any) -> Any:
+    r = console.get(path, **params)
     r.raise_for_status()
     return r.json()
 
@@ -77,18 +39,18 @@ def _api(url: str, path: str, **params: Any) -> Any:
 @pytest.fixture(scope="module")
 def runaway(console) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """The demo's runaway-loop trace: the one whose decision log holds a loop breaker's termination."""
-    rows = _api(console.url, "/api/decisions", effect="terminate_session", limit=1000)["decisions"]
+    rows = _api(console, "/api/decisions", effect="terminate_session", limit=1000)["decisions"]
     breaker = next(d for d in rows if d["rule_kind"] == "loop" and d["trace_id"] and d["span_id"])
     return {"trace_id": breaker["trace_id"], "span_id": breaker["span_id"], "rule_id": breaker["rule_id"],
             "reasons": breaker["reasons"], "seq": breaker["seq"],
-            "detail": _api(console.url, f"/api/traces/{breaker['trace_id']}")}
+            "detail": _api(console, f"/api/traces/{breaker['trace_id']}")}
 
 
 @pytest.fixture(scope="module")
 def multi_agent(console) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """A demo trace in which one agent hands work to another (a sub-agent span)."""
-    for t in _api(console.url, "/api/traces", limit=200)["traces"]:
-        detail = _api(console.url, f"/api/traces/{t['trace_id']}")
+    for t in _api(console, "/api/traces", limit=200)["traces"]:
+        detail = _api(console, f"/api/traces/{t['trace_id']}")
         if any(ln["type"] == "spawned_by" for ln in detail["links"]):
             return detail
     pytest.fail("the demo has no trace with a sub-agent")
@@ -146,7 +108,7 @@ def test_runaway_loop_shows_where_the_breaker_fired(console, page, runaway) -> N
 
 
 def test_n_steps_to_the_decisions_and_errors(console, page, runaway) -> None:  # type: ignore[no-untyped-def]
-    doc = _api(console.url, f"/traces/{runaway['trace_id']}.json")
+    doc = _api(console, f"/traces/{runaway['trace_id']}.json")
     ids = doc["columns"]["id"]
     flagged = {ids[i] for i, e in enumerate(doc["columns"]["err"]) if e} | {ids[d["span"]] for d in doc["decisions"]}
     assert runaway["span_id"] in flagged
@@ -195,7 +157,7 @@ def test_inspector_shows_messages_tool_arguments_tokens_and_attributes(console, 
     page.locator(f'{INSPECTOR}[data-span-id="{tool["span_id"]}"]').wait_for()
     args = page.locator(f"{INSPECTOR} pre.tool-args").inner_text()
     assert args.startswith("{\n")  # pretty JSON, not the raw one-line string
-    detail = _get(f"{console.url}/traces/{runaway['trace_id']}/spans/{tool['span_id']}.json").json()
+    detail = console.get(f"/traces/{runaway['trace_id']}/spans/{tool['span_id']}.json").json()
     assert detail["span"]["tool_name"] == tool["tool_name"]
     assert all(k in detail for k in ("decisions", "messages", "attributes", "events"))
 
@@ -365,7 +327,7 @@ def test_dark_theme_recolours_the_bars(console, page, runaway) -> None:  # type:
 # --- the page's data and its JSON twin -------------------------------------------------------------
 def test_json_twin_is_the_tree_the_api_shows(console, runaway) -> None:  # type: ignore[no-untyped-def]
     tid = runaway["trace_id"]
-    doc = _api(console.url, f"/traces/{tid}.json")
+    doc = _api(console, f"/traces/{tid}.json")
     api = runaway["detail"]
     cols = doc["columns"]
     assert doc["span_count"] == len(api["spans"]) == len(cols["id"])
@@ -381,14 +343,16 @@ def test_json_twin_is_the_tree_the_api_shows(console, runaway) -> None:  # type:
     assert [(cols["id"][d["span"]], d["rule_id"]) for d in breaker] == [(runaway["span_id"], runaway["rule_id"])]
     assert breaker[0]["seq"] == runaway["seq"]
     # the same document through content negotiation on the page's own address
-    assert _get(f"{console.url}/traces/{tid}", headers={"Accept": "application/json"}).json() == doc
+    asked = httpx.get(f"{console.url}/traces/{tid}", headers={**console.headers, "Accept": "application/json"},
+                      timeout=30)
+    assert asked.json() == doc
 
 
 def test_unknown_trace_is_a_404_page_and_a_span_link_opens_its_trace(console, page, runaway) -> None:  # type: ignore[no-untyped-def]
     response = page.goto(f"{console.url}/traces/{'0' * 32}")
     assert response is not None and response.status == 404
     assert "no trace" in page.locator(".error-detail").inner_text()
-    assert _get(f"{console.url}/traces/{'0' * 32}.json").status_code == 404
+    assert console.get(f"/traces/{'0' * 32}.json").status_code == 404
     page.goto(f"{console.url}/traces/{runaway['trace_id']}/spans/{runaway['span_id']}")
     assert page.url.endswith(f"/traces/{runaway['trace_id']}?span={runaway['span_id']}")
     page.locator(f'{INSPECTOR}[data-span-id="{runaway["span_id"]}"]').wait_for()

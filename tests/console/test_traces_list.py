@@ -46,14 +46,14 @@ def test_the_list_shows_the_demo_traces_with_their_columns_and_links(console, pa
     page.goto(console.url + "/traces")
     assert row_ids(page) == [t["trace_id"] for t in everything][:50]
     headers = page.locator("#results thead th").all_inner_texts()
-    assert headers == ["Start", "Root", "Agent", "Version", "Status", "Spans", "Tools", "Model", "Tokens", "Cost",
-                       "Duration"]
+    assert headers == ["Start", "Root", "Agent", "Version", "Status", "Policy", "Spans", "Tools", "Model", "Tokens",
+                       "Cost", "Duration"]
     first = everything[0]
     row = page.locator(f'{ROWS}[data-trace-id="{first["trace_id"]}"]')
     assert row.locator(f'a[href="/traces/{first["trace_id"]}"]').count() == 2  # start time and root name
     cells = row.locator("td").all_inner_texts()
     assert cells[1] == first["root_name"] and cells[2] == first["agent_name"] and cells[3] == first["agent_version"]
-    assert cells[4].split()[0] == first["status"] and cells[5] == str(first["span_count"])
+    assert cells[4].split()[0] == first["status"] and cells[6] == str(first["span_count"])
     # every row links to its trace
     hrefs = page.locator(f"{ROWS} td.root a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
     assert hrefs == [f"/traces/{i}" for i in row_ids(page)]
@@ -169,10 +169,11 @@ def test_the_json_twin_returns_the_rows_the_page_and_the_api_show(console, page)
     assert ids and ids == api_ids(console, **params)
     page.goto(console.url + "/traces?agent=support-triage&status=error")
     assert row_ids(page) == ids
-    # the twin carries the API's fields, plus what the list adds: the models and tools of each trace
+    # the twin carries the API's fields, plus what the list adds: the models, tools and policy outcomes
     api = {t["trace_id"]: t for t in console.get("/api/traces", **params).json()["traces"]}
     for t in twin["traces"]:
-        assert {k: v for k, v in t.items() if k not in ("models", "tools")} == api[t["trace_id"]]
+        assert {k: v for k, v in t.items() if k not in ("models", "tools", "policy")} == api[t["trace_id"]]
+        assert all(p["effect"] != "allow" and p["count"] >= 1 for p in t["policy"])
         assert t["models"] and t["tools"]
     assert twin["filters"]["agent"] == "support-triage" and twin["errors"] == {}
 
@@ -219,3 +220,22 @@ def test_the_list_and_its_dropdowns_read_the_same_on_postgresql(db_url: str) -> 
             assert [t["trace_id"] for t in got["traces"]] == [t["trace_id"] for t in api["traces"]] == want, params
     finally:
         stop(server, thread)
+
+
+def test_the_policy_filter_finds_the_runaway_loop_and_the_column_names_the_rule(console, page) -> None:  # type: ignore[no-untyped-def]
+    # what the demo's loop breaker did: a terminate_session by runaway-search, in the decision log
+    stopped = console.get("/api/decisions", effect="terminate_session", limit=100).json()["decisions"]
+    loops = {d["trace_id"] for d in stopped if d["rule_id"] == "runaway-search"}
+    assert loops, "the demo should have stopped a runaway loop"
+    page.goto(console.url + "/traces")
+    page.select_option("#f-decision", "terminate_session")
+    expected = api_ids(console, decision="terminate_session")
+    wait_for_rows(page, expected)
+    assert url_params(page)["decision"] == "terminate_session"
+    assert loops <= set(expected)  # every trace the breaker stopped is listed
+    assert set(expected) == {d["trace_id"] for d in stopped}  # and nothing else
+    loop_row = page.locator(f'{ROWS}[data-trace-id="{sorted(loops)[0]}"]')
+    assert "runaway-search" in loop_row.locator("td.policy").inner_text()
+    # "any" keeps every trace where policy acted, a superset; the CLI takes the same filter
+    assert set(expected) <= set(api_ids(console, decision="any"))
+    assert console.get("/api/traces", decision="sometimes").status_code == 422

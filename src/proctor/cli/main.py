@@ -111,7 +111,7 @@ def _filter(**kw: Any) -> TraceFilter:
             until_ns=parse_time_ns(kw["until"]) if kw.get("until") else None,
             agent=kw.get("agent"), version=kw.get("version"), status=kw.get("status"), tool=kw.get("tool"),
             model=kw.get("model"), session_id=kw.get("session"), min_cost_usd=kw.get("min_cost"),
-            min_duration_ms=kw.get("min_duration_ms"), text=kw.get("q"),
+            min_duration_ms=kw.get("min_duration_ms"), text=kw.get("q"), decision=kw.get("decision"),
         )
     except TimeParseError as exc:
         _fail(str(exc))
@@ -199,6 +199,8 @@ def traces_ls(
     min_cost: Annotated[float | None, typer.Option(help="Minimum cost in USD.")] = None,
     min_duration_ms: Annotated[float | None, typer.Option(help="Minimum duration in ms.")] = None,
     q: Annotated[str | None, typer.Option("-q", "--query", help="Free text over span names and attributes.")] = None,
+    decision: Annotated[str | None, typer.Option(
+        help="Traces where policy acted: deny, terminate_session, require_approval, redact, warn, or any.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Traces per page.")] = 20,
     cursor: Annotated[str | None, typer.Option(help="Page cursor printed by the previous page.")] = None,
     as_json: JsonOpt = False,
@@ -206,9 +208,13 @@ def traces_ls(
     """List traces, newest first, with filters."""
     if status not in (None, "ok", "error"):
         _fail("--status takes ok or error")
+    from proctor.store.spans import DECISION_FILTERS
+
+    if decision is not None and decision not in DECISION_FILTERS:
+        _fail(f"--decision takes one of {', '.join(DECISION_FILTERS)}")
     params = dict(
         since=since, until=until, agent=agent, version=version, status=status, tool=tool, model=model,
-        session=session, min_cost=min_cost, min_duration_ms=min_duration_ms, q=q,
+        session=session, min_cost=min_cost, min_duration_ms=min_duration_ms, q=q, decision=decision,
     )
     src = _Source(url, db)
     from proctor.traces import trace_list

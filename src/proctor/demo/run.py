@@ -392,6 +392,9 @@ def run_demo(
             console.print(f"\n[bold]Serving on {url}[/] — press Ctrl-C to stop. Approve or deny a held refund "
                           "meanwhile and the fleet finishes it.")
             console.print(f"Open the console: [bold]{summary.login_url}[/]", highlight=False, soft_wrap=True)
+            console.print("A tour: Alerts → runaway-loop → its trace shows where the loop breaker fired; "
+                          "Approvals → the held refund → Approve; Agents → support-triage → compare the canary; "
+                          "Audit → the chain verifies.", highlight=False)
             try:
                 while thread.is_alive():
                     thread.join(0.5)

@@ -31,6 +31,7 @@ def _filters(
     min_cost: float | None,
     min_duration_ms: float | None,
     q: str | None,
+    decision: str | None = None,
 ) -> TraceFilter:
     try:
         return TraceFilter(
@@ -38,6 +39,7 @@ def _filters(
             until_ns=parse_time_ns(until) if until else None,
             agent=agent, version=version, status=status, tool=tool, model=model, session_id=session,
             service=service, min_cost_usd=min_cost, min_duration_ms=min_duration_ms, text=q,
+            decision=decision,
         )
     except TimeParseError as exc:
         raise HTTPException(400, str(exc)) from exc
@@ -55,6 +57,8 @@ Service = Annotated[str | None, Query(description="service.name of the producer"
 MinCost = Annotated[float | None, Query(ge=0, description="minimum total cost in USD")]
 MinDur = Annotated[float | None, Query(ge=0, description="minimum duration in milliseconds")]
 Text = Annotated[str | None, Query(max_length=500, description="free text over span names and attributes")]
+DecisionQ = Annotated[Literal["any", "deny", "terminate_session", "require_approval", "redact", "warn"] | None,
+                      Query(description="an enforced policy decision with this effect in the trace (any: not allow)")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Cursor = Annotated[str | None, Query(description="next_cursor from the previous page")]
 
@@ -81,9 +85,10 @@ def list_traces(
     request: Request, since: Since = None, until: Until = None, agent: Agent = None, version: Version = None,
     status: Status = None, tool: Tool = None, model: Model = None, session: Session = None,
     service: Service = None, min_cost: MinCost = None, min_duration_ms: MinDur = None, q: Text = None,
-    limit: Limit = 50, cursor: Cursor = None,
+    decision: DecisionQ = None, limit: Limit = 50, cursor: Cursor = None,
 ) -> Response:
-    flt = _filters(since, until, agent, version, status, tool, model, session, service, min_cost, min_duration_ms, q)
+    flt = _filters(since, until, agent, version, status, tool, model, session, service, min_cost, min_duration_ms, q,
+                   decision)
     return _lookup(lambda: views.trace_list(_store(request), flt, limit=limit, cursor=cursor))
 
 

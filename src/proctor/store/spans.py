@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, and_, case, exists, func, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from proctor.core import Span, SpanKind, SpanStatus
+from proctor.store.schema import decisions as decisions_t
 from proctor.store.schema import spans as spans_t
 from proctor.store.schema import traces as traces_t
 
@@ -98,6 +99,7 @@ class _TraceAgg:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    root_start_ns: int = 0  # the root is the parentless span that started first
 
     def add(self, s: Span) -> None:
         self.span_count += 1
@@ -106,13 +108,16 @@ class _TraceAgg:
         if s.end_ns > self.end_ns:
             self.end_ns = s.end_ns
         if s.parent_span_id is None:
-            self.root_span_id, self.root_name = s.span_id, s.name
+            # several parentless spans (a span an alert adds later to the trace it contained, a
+            # producer's stray span): the one that started first names the trace
+            if self.root_span_id is None or s.start_ns < self.root_start_ns:
+                self.root_span_id, self.root_name, self.root_start_ns = s.span_id, s.name, s.start_ns
         elif self.root_name is None:
             self.root_name = s.name  # provisional until the root arrives
         self.service_name = self.service_name or s.service_name
         self.session_id = self.session_id or s.session_id
         self.user_id = self.user_id or s.user_id
-        if s.agent_name and (self.agent_name is None or s.parent_span_id is None):
+        if s.agent_name and (self.agent_name is None or s.span_id == self.root_span_id):
             self.agent_name = s.agent_name
             self.agent_version = s.agent_version or self.agent_version
         if s.status == "error":
@@ -162,20 +167,24 @@ def _sql_for(dialect: str) -> dict[str, str]:
         else insert_spans + " ON CONFLICT DO NOTHING"
     )
     values = f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({_placeholders(dialect, len(TRACE_COLUMNS))})"
+    # a batch's root replaces the stored one only if it started no later than anything stored:
+    # a root arriving after its children does; a parentless span added later (an alert's) does not
+    new_root = ("excluded.root_span_id IS NOT NULL AND (traces.root_span_id IS NULL"
+                " OR excluded.start_ns <= traces.start_ns)")
     merge = (
         values
         + " ON CONFLICT (trace_id) DO UPDATE SET"
         f" start_ns = {lo}(traces.start_ns, excluded.start_ns),"
         f" end_ns = {hi}(traces.end_ns, excluded.end_ns),"
         f" duration_ns = {hi}(traces.end_ns, excluded.end_ns) - {lo}(traces.start_ns, excluded.start_ns),"
-        " root_span_id = COALESCE(excluded.root_span_id, traces.root_span_id),"
-        " root_name = CASE WHEN excluded.root_span_id IS NOT NULL THEN excluded.root_name"
+        f" root_span_id = CASE WHEN {new_root} THEN excluded.root_span_id ELSE traces.root_span_id END,"
+        f" root_name = CASE WHEN {new_root} THEN excluded.root_name"
         " WHEN traces.root_span_id IS NOT NULL THEN traces.root_name"
         " ELSE COALESCE(traces.root_name, excluded.root_name) END,"
         " service_name = COALESCE(traces.service_name, excluded.service_name),"
         " session_id = COALESCE(traces.session_id, excluded.session_id),"
         " user_id = COALESCE(traces.user_id, excluded.user_id),"
-        " agent_name = CASE WHEN excluded.root_span_id IS NOT NULL AND excluded.agent_name IS NOT NULL"
+        f" agent_name = CASE WHEN {new_root} AND excluded.agent_name IS NOT NULL"
         " THEN excluded.agent_name ELSE COALESCE(traces.agent_name, excluded.agent_name) END,"
         " agent_version = COALESCE(traces.agent_version, excluded.agent_version),"
         " span_count = traces.span_count + excluded.span_count,"
@@ -309,6 +318,10 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise CursorError(f"invalid cursor {cursor!r}: pass the next_cursor of a previous page") from exc
 
 
+#: What ``TraceFilter.decision`` takes: an effect, or "any" (any effect but allow).
+DECISION_FILTERS = ("any", "deny", "terminate_session", "require_approval", "redact", "warn")
+
+
 @dataclass(slots=True)
 class TraceFilter:
     """Filters a user can put on the trace list. Every field is optional."""
@@ -325,6 +338,8 @@ class TraceFilter:
     min_cost_usd: float | None = None
     min_duration_ms: float | None = None
     text: str | None = None  # free text over span names and raw attributes
+    # an enforced policy decision with this effect was made in the trace ("any": any but allow)
+    decision: str | None = None
 
     def clauses(self) -> list[Any]:
         t, s = traces_t.c, spans_t.c
@@ -357,6 +372,10 @@ class TraceFilter:
             out.append(t.cost_usd >= self.min_cost_usd)
         if self.min_duration_ms is not None:
             out.append(t.duration_ns >= int(self.min_duration_ms * 1_000_000))
+        if self.decision:
+            d = decisions_t.c
+            effect = d.effect != "allow" if self.decision == "any" else d.effect == self.decision
+            out.append(exists().where(d.trace_id == t.trace_id, d.enforced.is_(True), effect))
         if self.text:
             pattern = "%" + self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             out.append(

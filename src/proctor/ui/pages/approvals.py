@@ -103,7 +103,8 @@ def _approval_context(request: Request, approval_id: str, done: str | None = Non
     # link cannot make the page claim something that did not happen.
     if done in _DONE and a.status in _DONE[done]:
         verb = "Approved" if done == "approved" else "Denied"
-        flash = f"{verb} by {a.decided_by}" + (f": {a.decision_reason}" if a.decision_reason else "") + "."
+        flash = f"{verb} by {a.decided_by}" + (f": {a.decision_reason}" if a.decision_reason else "")
+        flash += "" if flash.endswith((".", "!", "?")) else "."
         flash += (" The agent may now run this exact call once." if done == "approved"
                   else " The agent is refused this call.")
     return {

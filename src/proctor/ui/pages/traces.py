@@ -17,14 +17,16 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, func, select, text
 
 from proctor import traces as views
 from proctor.core.timeparse import TimeParseError, parse_duration_s, parse_time_ns
 from proctor.server.api import _filters
 from proctor.store import CursorError, SpanStore, TraceFilter
 from proctor.store.registry import RegistryStore
+from proctor.store.schema import decisions as decisions_t
 from proctor.store.schema import spans as spans_t
+from proctor.store.spans import DECISION_FILTERS
 from proctor.ui.render import page, wants_json
 
 router = APIRouter(tags=["console"])
@@ -39,7 +41,11 @@ MAX_OPTIONS = 500
 
 #: The query parameters of the list, as /api/traces names them.
 TRACE_PARAMS = ("since", "until", "agent", "version", "status", "tool", "model", "session", "service",
-                "min_cost", "min_duration_ms", "q")
+                "min_cost", "min_duration_ms", "q", "decision")
+#: the Policy filter's choices: (value, label)
+DECISION_CHOICES = (("any", "policy acted (any)"), ("terminate_session", "session stopped"),
+                    ("deny", "call denied"), ("require_approval", "held for approval"),
+                    ("redact", "content redacted"), ("warn", "warned"))
 
 
 class FilterErrors(dict[str, str]):
@@ -82,6 +88,8 @@ def check_common(p: dict[str, str], errors: FilterErrors) -> None:
         errors["status"] = f"must be ok or error, not {p['status']!r}"
     if len(p.get("q") or "") > MAX_TEXT:
         errors["q"] = f"at most {MAX_TEXT} characters"
+    if p.get("decision") and p["decision"] not in DECISION_FILTERS:
+        errors["decision"] = f"must be one of {', '.join(DECISION_FILTERS)}, not {p['decision']!r}"
 
 
 def _number(raw: str, what: str, errors: FilterErrors, key: str) -> float | None:
@@ -127,7 +135,7 @@ def trace_filter(p: dict[str, str], errors: FilterErrors) -> tuple[TraceFilter |
     try:
         flt = _filters(p["since"] or None, p["until"] or None, p["agent"] or None, p["version"] or None,
                        p["status"] or None, p["tool"] or None, p["model"] or None, p["session"] or None,
-                       p["service"] or None, min_cost, min_ms, p["q"] or None)
+                       p["service"] or None, min_cost, min_ms, p["q"] or None, p.get("decision") or None)
     except HTTPException as exc:  # the API's own checks, should they ever add one we do not make
         errors["filters"] = str(exc.detail)
         return None, min_ms
@@ -208,6 +216,27 @@ def models_and_tools(engine: Engine, trace_ids: list[str]) -> dict[str, tuple[li
     return out
 
 
+def policy_outcomes(engine: Engine, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """trace id -> what policy did in it other than allow: [{effect, rule_id, count}], most
+    severe first, for one page of traces (through the decision log's trace index)."""
+    if not trace_ids:
+        return {}
+    d = decisions_t.c
+    out: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(select(d.trace_id, d.effect, d.rule_id, func.count())
+                            .where(d.trace_id.in_(trace_ids), d.effect != "allow", d.enforced.is_(True))
+                            .group_by(d.trace_id, d.effect, d.rule_id))
+        for tid, effect, rule_id, n in rows:
+            out.setdefault(tid, []).append({"effect": effect, "rule_id": rule_id, "count": int(n)})
+    for items in out.values():
+        items.sort(key=lambda x: (_SEVERITY.get(x["effect"], 9), x["rule_id"] or ""))
+    return out
+
+
+_SEVERITY = {"terminate_session": 0, "deny": 1, "require_approval": 2, "redact": 3, "warn": 4}
+
+
 def _store(request: Request) -> SpanStore:
     return request.app.state.proctor.store  # type: ignore[no-any-return]
 
@@ -229,8 +258,10 @@ def traces(request: Request) -> dict[str, Any]:
         else:
             rows, next_cursor = listed["traces"], listed["next_cursor"]
             extra = models_and_tools(request.app.state.proctor.engine, [r["trace_id"] for r in rows])
+            policy = policy_outcomes(request.app.state.proctor.engine, [r["trace_id"] for r in rows])
             for r in rows:
                 r["models"], r["tools"] = extra.get(r["trace_id"], ([], []))
+                r["policy"] = policy.get(r["trace_id"], [])
     if errors and is_json(request):
         raise HTTPException(400, errors.summary())
     options = filter_options(request)
@@ -248,6 +279,7 @@ def traces(request: Request) -> dict[str, Any]:
             "models": _with_current(options["models"], p["model"]),
             "versions": options["versions"],
         },
+        "decision_choices": DECISION_CHOICES,
         "quick_since": QUICK_SINCE,
         "page_sizes": PAGE_SIZES,
         "default_limit": DEFAULT_LIMIT,
