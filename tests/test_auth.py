@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -448,3 +449,61 @@ def test_the_keys_are_read_about_once_a_second_however_many_requests(db_url: str
     # one snapshot per 0.8 s at most (the cache's age limit), and one write of the key's last use
     assert queries.count("SELECT") <= took / 0.8 + 1, (queries, took)
     assert queries.count("UPDATE") <= 1
+
+
+def test_a_revoked_key_loses_its_open_live_stream(server: Server) -> None:
+    viewer, operator = create(server, "wall-screen", "viewer"), create(server, "agent-fleet", "operator")
+    until(lambda: server.get("/api/traces", viewer).status_code == 200)
+    received: list[bytes] = []
+    ended = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", server.url + "/live/overview", headers={"authorization": f"Bearer {viewer}"},
+                          timeout=httpx.Timeout(5, read=30)) as r:
+            assert r.status_code == 200
+            for chunk in r.iter_bytes():
+                received.append(chunk)
+        ended.set()
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    until(lambda: any(b"data:" in c for c in received), timeout=10)  # the first snapshot
+    keys_cli("revoke", "wall-screen", "--db", server.db)
+    until(lambda: server.get("/api/traces", viewer).status_code == 401)
+    seen = len(received)
+    _tid, spans = agent_trace()
+    assert server.call("POST", "/v1/traces", operator, content=request(spans), headers=PB).status_code == 200
+    assert ended.wait(10), "the stream of a revoked key stayed open"
+    assert not any(b"data:" in c for c in received[seen:])  # and nothing after the revocation was sent
+    t.join(5)
+
+
+def test_browsers_must_name_a_trusted_host_so_dns_rebinding_gets_nothing(server: Server) -> None:
+    # auth off (no key): a page on attacker.example re-pointed at 127.0.0.1 sends same-origin
+    # requests whose Host and Origin agree; the server must still refuse them
+    rebound = {"host": "attacker.example:7070", "origin": "http://attacker.example:7070",
+               "sec-fetch-site": "same-origin"}
+    r = httpx.post(server.url + "/killswitches", headers={**rebound, "content-type": "application/x-www-form-urlencoded"},
+                   content="scope=global&on=1&reason=pwned", timeout=10)
+    assert r.status_code == 403 and "DNS rebinding" in r.json()["detail"]
+    r = httpx.post(server.url + "/api/keys", headers=rebound, json={"name": "attacker", "role": "admin"}, timeout=10)
+    assert r.status_code == 403
+    assert httpx.get(server.url + "/overview.json", headers=rebound, timeout=10).status_code == 403
+    assert not ApiKeys(server.engine).active()  # no key was made
+    assert server.get("/api/kill-switches").json()["active"] == []  # and no switch was set
+    # the console's own names work; so do clients that are not browsers, whatever their Host
+    for host in ("127.0.0.1:7070", "localhost:7070", "[::1]:7070"):
+        ok = httpx.get(server.url + "/overview.json", headers={"host": host, "sec-fetch-site": "none"}, timeout=10)
+        assert ok.status_code == 200, host
+    assert httpx.get(server.url + "/api/traces", headers={"host": "proxy.internal"}, timeout=10).status_code == 200
+
+
+def test_allowed_hosts_adds_configured_names_and_the_bound_address() -> None:
+    from proctor.server.auth import allowed_hosts, host_name
+
+    assert allowed_hosts("proctor.internal, Ops.Example", bound="10.0.0.5") >= {
+        "127.0.0.1", "localhost", "[::1]", "proctor.internal", "ops.example", "10.0.0.5"}
+    assert "0.0.0.0" not in allowed_hosts("", bound="0.0.0.0")
+    assert allowed_hosts("*") == frozenset({"*"})
+    assert [host_name(h) for h in ("[::1]:7070", "A.example:80", "localhost", "fe80::1")] == [
+        "[::1]", "a.example", "localhost", "fe80::1"]

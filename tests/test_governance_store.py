@@ -383,6 +383,14 @@ def test_an_approval_request_waits_for_a_human(approvals: ApprovalStore) -> None
     assert d["status"] == "pending" and d["use_until_ns"] is None and d["trace_id"] == "a" * 32
 
 
+def test_the_queue_order_keeps_the_soonest_to_expire_within_the_limit(approvals: ApprovalStore) -> None:
+    urgent = ask(approvals, "1" * 64, ttl_s=60)  # asked first, expires first
+    later = [ask(approvals, str(n) * 64, ttl_s=600) for n in range(2, 5)]
+    assert approvals.list("pending", limit=2)[0].id == later[-1].id  # newest first: the urgent one falls off
+    queue = approvals.list("pending", limit=2, soonest_expiry_first=True)
+    assert [a.id for a in queue] == [urgent.id, later[0].id]
+
+
 def test_asking_again_for_the_same_call_returns_the_open_request(approvals: ApprovalStore) -> None:
     first = ask(approvals)
     assert ask(approvals).id == first.id

@@ -5,7 +5,7 @@
   state (approve, kill switches) use their own server or accept that others share it.
 * ``console``  — a server on that database, on a free loopback port. The demo turns auth on:
   ``Console.key`` is its admin key, and ``Console.get`` sends it.
-* ``browser``  — one Chromium for the session, from /usr/bin/chromium. Playwright never downloads
+* ``browser``  — one Chromium per test module, from /usr/bin/chromium. Playwright never downloads
   a browser here; ``make test`` installs Debian's package when it is missing.
 * ``page``     — a fresh 1280x800 context per test, logged in as the demo's admin when the test
   also uses ``console`` (the demo writes its keys to demo-keys.json). Its screenshot is kept
@@ -113,8 +113,10 @@ def console(demo_db: str) -> Iterator[Console]:
         stop(server, thread)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    # one per module, not per session: Playwright's sync API keeps an asyncio loop running in the
+    # main thread while it is started, and the suite's later tests call asyncio.run()
     from playwright.sync_api import sync_playwright
 
     path = _chromium()

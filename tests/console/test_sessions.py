@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -161,5 +161,20 @@ def test_sessions_read_the_same_on_postgresql(db_url: str) -> None:
         doc = httpx.get(url + "/sessions/pg-conv.json", timeout=10).json()
         assert doc["trace_count"] == 2 and doc["span_count"] == 8 and doc["error_traces"] == 1
         assert doc["decisions"] == [] and doc["approvals"] == [] and doc["kill_switch"] is None
+    finally:
+        stop(server, thread)
+
+
+def test_a_session_id_with_slashes_and_url_characters_opens_from_its_links(tmp_path: Path, page) -> None:  # type: ignore[no-untyped-def]
+    odd = "user/42?x=1#frag"  # producers choose session ids: a path, a query, a fragment in one
+    url, server, thread = serve(f"sqlite:///{tmp_path / 'proctor.db'}")
+    try:
+        _post(url, {}, session=odd, agent="support")
+        page.goto(url + "/sessions")
+        page.locator("#results a", has_text=odd).first.click()
+        page.wait_for_load_state()
+        assert odd in page.locator("h1").inner_text()
+        twin = httpx.get(url + "/sessions/" + quote(odd, safe="") + ".json", timeout=10)
+        assert twin.status_code == 200 and twin.json()["session_id"] == odd
     finally:
         stop(server, thread)

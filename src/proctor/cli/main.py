@@ -137,6 +137,11 @@ def serve(
         "--alert-rules", help="Alert rule file or directory, evaluated on the live span stream (repeatable; "
                               "default: PROCTOR_ALERT_RULES, paths separated by ':'). See `proctor alerts --help`.")
     ] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="A host name browsers may use to reach the console besides 127.0.0.1 and "
+                               "localhost, e.g. proctor.internal (repeatable; '*' for any; default: "
+                               "PROCTOR_ALLOWED_HOSTS, comma-separated). Guards against DNS rebinding.")
+    ] = None,
 ) -> None:
     """Run the server: OTLP receiver at /v1/traces, REST API at /api, OpenAPI at /openapi.json,
     Prometheus metrics at /metrics."""
@@ -150,6 +155,8 @@ def serve(
               "one process")
     if workers > 1 and (alert_rules or os.environ.get("PROCTOR_ALERT_RULES")):
         _fail("--alert-rules needs --workers 1: each worker would see only the spans it ingests")
+    if allowed_host:  # through the environment: --workers N builds each worker's app from it
+        os.environ["PROCTOR_ALLOWED_HOSTS"] = ",".join(allowed_host)
     try:
         run_server(workers=workers, host=host, port=port, database_url=db, log_level=log_level,
                    announce=console.print, policy=policy or None, approval_webhook=approval_webhook,

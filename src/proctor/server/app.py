@@ -16,6 +16,7 @@ from proctor.pipeline import Pipeline
 from proctor.server.alerts import router as alerts_router
 from proctor.server.api import router as api_router
 from proctor.server.auth import AuthMiddleware, KeyCache
+from proctor.server.auth import allowed_hosts as auth_allowed_hosts
 from proctor.server.auth import router as auth_router
 from proctor.server.governance import PermitTable, build_guard, policy_paths
 from proctor.server.governance import router as governance_router
@@ -56,6 +57,7 @@ def create_app(
     approval_webhook: str | None = None,
     alert_rules: str | list[str] | None = None,
     console_url: str | None = None,
+    allowed_hosts: frozenset[str] | None = None,
 ) -> FastAPI:
     """Build the app on ``database_url`` (default: PROCTOR_DATABASE_URL or .proctor/proctor.db).
 
@@ -64,7 +66,8 @@ def create_app(
     ``approval_webhook`` (default: PROCTOR_APPROVAL_WEBHOOK) is told of every new approval.
     ``alert_rules`` (default: PROCTOR_ALERT_RULES): alert rule files or directories; an invalid
     file raises AlertRulesError naming file:line. ``console_url``: the server's address as
-    notifications should link to it.
+    notifications should link to it. ``allowed_hosts``: the Host names browsers may use (see
+    :func:`proctor.server.auth.allowed_hosts`; default: loopback plus PROCTOR_ALLOWED_HOSTS, where ``*`` allows any).
     """
     engine = open_engine(database_url)
     paths = policy_paths(policy)
@@ -126,7 +129,8 @@ def create_app(
     app.state.proctor = state
     # auth: on while an API key exists; every request but /healthz, /login, /static is checked
     state.auth = KeyCache(engine)
-    app.add_middleware(AuthMiddleware, keys=state.auth)
+    hosts = allowed_hosts if allowed_hosts is not None else auth_allowed_hosts()
+    app.add_middleware(AuthMiddleware, keys=state.auth, hosts=hosts)
     app.add_api_route(
         "/v1/traces",
         make_receiver(state.pipeline, limits),

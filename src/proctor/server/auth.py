@@ -35,9 +35,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, overload
 from urllib.parse import quote, urlsplit
@@ -129,6 +130,11 @@ RULES: tuple[tuple[frozenset[str], str, str], ...] = (
     (_POST, "/api/approvals/", "approve"),  # approve, deny
     (_POST, "/api/policy/reload", "admin"),
     (_POST, "/api/alert-rules/", "admin"),  # reload, validate, test
+    # The console's forms: any signed-in user reaches the handler, which checks the permission
+    # itself (require()) so that a refusal is shown on the page, not as bare JSON.
+    (_POST, "/approvals/", "read"),
+    (_POST, "/killswitches", "read"),
+    (_POST, "/alerts/silences", "read"),
 )
 
 #: Reachable without a key: liveness, the login and logout pages, the console's assets.
@@ -139,11 +145,13 @@ _MACHINE_PREFIXES = ("/api/", "/v1/", "/metrics", "/healthz", "/openapi.json", "
 
 
 def required_permission(method: str, path: str) -> str:
-    """The permission ``method path`` needs, from :data:`RULES` (default: read)."""
+    """The permission ``method path`` needs, from :data:`RULES`. Anything not listed needs read
+    when it is a safe method and admin when it changes something: a route added later without
+    a rule fails closed."""
     for methods, prefix, permission in RULES:
         if method in methods and path.startswith(prefix):
             return permission
-    return "read"
+    return "read" if method in SAFE_METHODS else "admin"
 
 
 def same_origin(headers: Headers) -> bool:
@@ -271,13 +279,45 @@ def _is_page(scope: Scope, headers: Headers) -> bool:
     return "text/html" in headers.get("accept", "")
 
 
+#: Host names a browser may use to reach the server unless told otherwise (see allowed_hosts()).
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def allowed_hosts(extra: str | Iterable[str] | None = None, bound: str | None = None) -> frozenset[str]:
+    """The Host names browsers may use: loopback, the address the server is bound to (unless it is
+    a wildcard), and ``extra`` (names, or a comma-separated string such as PROCTOR_ALLOWED_HOSTS;
+    default: that variable). ``*`` among them allows any."""
+    if extra is None:
+        extra = os.environ.get("PROCTOR_ALLOWED_HOSTS", "")
+    names = [n.strip().lower() for n in (extra.split(",") if isinstance(extra, str) else extra) if n.strip()]
+    if "*" in names:
+        return frozenset({"*"})
+    if bound and bound not in ("0.0.0.0", "::", ""):
+        names.append(f"[{bound}]" if ":" in bound and not bound.startswith("[") else bound.lower())
+    return LOOPBACK_HOSTS | frozenset(names)
+
+
+def host_name(host: str) -> str:
+    """``Host`` without its port, lower-cased: ``[::1]:7070`` -> ``[::1]``, ``a.example:80`` -> ``a.example``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class AuthMiddleware:
     """Sets ``request.state.principal`` and refuses what the principal may not do (ASGI, so
-    that streamed responses, server-sent events included, pass through untouched)."""
+    that streamed responses, server-sent events included, pass through untouched).
 
-    def __init__(self, app: ASGIApp, keys: KeyCache) -> None:
+    Browsers must also name a trusted host: a page on another domain that re-points its name at
+    127.0.0.1 (DNS rebinding) would otherwise send same-origin requests the server cannot tell
+    from the console's own, and with auth off act as the local admin. Requests without browser
+    headers (Origin, Sec-Fetch-Site) — the SDK, the CLI, curl — are not affected."""
+
+    def __init__(self, app: ASGIApp, keys: KeyCache, hosts: frozenset[str] = LOOPBACK_HOSTS) -> None:
         self.app = app
         self.keys = keys
+        self.hosts = None if "*" in hosts else hosts
 
     async def _keys(self) -> dict[str, tuple[ApiKey, Principal]] | None:
         keys = self.keys.fresh()
@@ -298,6 +338,13 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.hosts is not None:
+            h = Headers(scope=scope)
+            if ("origin" in h or "sec-fetch-site" in h) and host_name(h.get("host", "")) not in self.hosts:
+                await _json(send, 403, f"this server does not answer browsers at {h.get('host', '')!r}: "
+                                       "add the name with `proctor serve --allowed-host NAME` or "
+                                       "PROCTOR_ALLOWED_HOSTS (protection against DNS rebinding)")
+                return
         path: str = scope["path"]
         if path.startswith(OPEN_PREFIXES) or path == "/healthz":
             await self.app(scope, receive, send)

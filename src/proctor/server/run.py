@@ -9,6 +9,7 @@ from collections.abc import Callable
 import uvicorn
 
 from proctor.server.app import create_app
+from proctor.server.auth import allowed_hosts
 from proctor.ui.live import end_streams
 
 
@@ -42,7 +43,7 @@ def make_server(
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
     app = create_app(database_url, policy=policy, approval_webhook=approval_webhook, alert_rules=alert_rules,
-                     console_url=url)
+                     console_url=url, allowed_hosts=allowed_hosts(bound=host))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=5)
     return _AnnouncingServer(config, announce, url)

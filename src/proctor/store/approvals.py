@@ -184,14 +184,17 @@ class ApprovalStore:
             raise ApprovalNotFound(f"no approval {approval_id!r}")
         return _row_to_approval(row, time.time_ns())
 
-    def list(self, status: str | None = None, limit: int = 100) -> builtins.list[Approval]:
+    def list(self, status: str | None = None, limit: int = 100, *, soonest_expiry_first: bool = False
+             ) -> builtins.list[Approval]:
         """Approvals, newest request first, optionally only those in ``status`` (as reported:
-        a pending approval past its TTL counts as expired)."""
+        a pending approval past its TTL counts as expired). ``soonest_expiry_first``: the order of
+        a queue a human works through, so the ``limit`` keeps the most urgent, not the newest."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown approval status {status!r}; expected one of {', '.join(STATUSES)}")
         c = approvals_t.c
         now = time.time_ns()
-        stmt = select(approvals_t).order_by(c.requested_ns.desc(), c.id.desc()).limit(max(1, limit))
+        order = (c.expires_ns, c.id) if soonest_expiry_first else (c.requested_ns.desc(), c.id.desc())
+        stmt = select(approvals_t).order_by(*order).limit(max(1, limit))
         if status == "pending":
             stmt = stmt.where(c.status == "pending", c.expires_ns > now)
         elif status == "expired":

@@ -371,7 +371,9 @@ class TraceFilter:
         if self.min_cost_usd is not None:
             out.append(t.cost_usd >= self.min_cost_usd)
         if self.min_duration_ms is not None:
-            out.append(t.duration_ns >= int(self.min_duration_ms * 1_000_000))
+            # clamped: a huge minimum (1e20 ms) matches nothing, not an integer overflow in the database
+            at_least = self.min_duration_ms * 1_000_000
+            out.append(t.duration_ns >= (int(at_least) if at_least < 2**63 else 2**63 - 1))  # inf, nan too
         if self.decision:
             d = decisions_t.c
             effect = d.effect != "allow" if self.decision == "any" else d.effect == self.decision

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -256,8 +256,11 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, hub: SnapshotHub) -> None:  # no body: the stream is written in __call__
+    def __init__(self, hub: SnapshotHub, allowed: Callable[[], Awaitable[bool]] | None = None) -> None:
+        # no body: the stream is written in __call__. ``allowed`` is asked before every message
+        # (a key revoked while the stream is open ends it, as it ends every later request)
         self.hub = hub
+        self.allowed = allowed
         self.status_code = 200
         self.background = None
         self.init_headers({"cache-control": "no-cache, no-store"})
@@ -287,6 +290,8 @@ class EventStream(Response):
                 (b"x-accel-buffering", b"no"),  # nginx: pass each event on at once
             ]})
             async for chunk in hub.events(client):
+                if self.allowed is not None and not await self.allowed():
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-write (uvicorn's ClientDisconnected)

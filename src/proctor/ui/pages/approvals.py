@@ -68,11 +68,11 @@ def approvals(request: Request, status: str | None = None, limit: str | None = N
     now = time.time_ns()
     if status is None:
         # the queue a human works through: what is waiting, the soonest to expire first; then the rest
-        pending = sorted(store.list("pending", limit=n), key=lambda a: a.expires_ns)
+        pending = store.list("pending", limit=n, soonest_expiry_first=True)
         waiting = {a.id for a in pending}
         decided = [a for a in store.list(None, limit=n) if a.id not in waiting and a.status != "pending"]
     elif status == "pending":
-        pending, decided = sorted(store.list("pending", limit=n), key=lambda a: a.expires_ns), []
+        pending, decided = store.list("pending", limit=n, soonest_expiry_first=True), []
     else:
         pending, decided = [], store.list(status, limit=n)
     return {

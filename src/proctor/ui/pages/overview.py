@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import Connection, Engine, case, func, select
+from starlette.concurrency import run_in_threadpool
 
 from proctor.core.timeparse import format_ns
 from proctor.store.alerts import AlertStore
@@ -27,7 +28,7 @@ from proctor.store.schema import spans as spans_t
 from proctor.store.schema import traces as traces_t
 from proctor.telemetry.metrics import ProctorMetrics
 from proctor.ui import live
-from proctor.ui.render import page
+from proctor.ui.render import page, principal_of
 
 router = APIRouter(tags=["console"])
 
@@ -257,4 +258,14 @@ def overview(request: Request) -> dict[str, Any]:
 @router.get("/live/overview", include_in_schema=False, response_model=None)
 async def live_overview(request: Request) -> Response:
     """Server-sent events: the overview snapshot (as /overview.json) each time it changes."""
-    return live.EventStream(overview_hub(request))
+    who = principal_of(request)
+    cache = request.app.state.proctor.auth
+
+    async def allowed() -> bool:
+        keys = cache.fresh()
+        if keys is None:
+            keys = await run_in_threadpool(cache.load)
+        # a key's stream lasts while the key does; a stream opened while auth was off, while it stays off
+        return (who.key_id in keys) if who.key_id else not keys
+
+    return live.EventStream(overview_hub(request), allowed)

@@ -293,7 +293,7 @@ def decisions_page(
         if cursor:
             if not cursor.isdigit():
                 raise ValueError(f"cursor must be a decision seq (a number), not {cursor!r}")
-            before = int(cursor)
+            before = min(int(cursor), 2**63 - 1)  # past any seq: the first page, not an overflow
     except ValueError as exc:
         ctx["error"] = str(exc)
         return ctx
@@ -443,7 +443,9 @@ def backtest_page(
         ctx["error"] = str(exc)
         return ctx
 
-    if not _backtests.acquire(timeout=BACKTEST_SECONDS):
+    # no waiting in line: a waiting request would hold one of the server's worker threads, and
+    # enough of them would stall every other sync route (the decision API included)
+    if not _backtests.acquire(blocking=False):
         ctx["error"] = (f"{BACKTESTS_AT_ONCE} backtests are running already: try again in a few seconds "
                         "(this link runs it again)")
         return ctx

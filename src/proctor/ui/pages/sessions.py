@@ -99,7 +99,7 @@ def _approvals(request: Request, session_id: str) -> list[dict[str, Any]]:
     return out
 
 
-@page(router, "/sessions/{session_id}", "session.html")
+@page(router, "/sessions/{session_id:path}", "session.html")
 def session(request: Request, session_id: str) -> dict[str, Any]:
     state = request.app.state.proctor
     try:

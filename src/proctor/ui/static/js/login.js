@@ -15,8 +15,10 @@
   function loginFromFragment() {
     var match = /(?:^#|&)key=([^&]+)/.exec(location.hash);
     if (!match) return;
-    var key = decodeURIComponent(match[1]);
+    // out of the address bar and history first, whatever follows
     history.replaceState(null, "", location.pathname + location.search);
+    var key;
+    try { key = decodeURIComponent(match[1]); } catch (e) { key = match[1]; }
     var section = document.getElementById("login");
     var next = section ? section.getAttribute("data-next") || "/" : "/";
     fetch("/login", {
