@@ -158,3 +158,17 @@ def test_the_login_page_says_when_auth_is_off(tmp_path: Path, page) -> None:  # 
         assert page.locator(".banner.warn").is_visible()  # the console-wide warning too
         page.get_by_role("link", name="Continue").click()
         page.wait_for_url(s.url + "/audit")
+
+
+def test_the_live_overview_sends_you_to_log_in_when_your_key_is_revoked(site: Site, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(site.url + "/login#key=" + site.keys["vic"])
+    page.wait_for_url(site.url + "/")
+    page.wait_for_function("document.getElementById('live').dataset.liveState === 'live'")
+    engine = open_engine(site.db)
+    try:
+        ApiKeys(engine).revoke("vic")
+    finally:
+        engine.dispose()
+    # the stream ends at its next message or heartbeat; the page then finds out why and says so
+    page.wait_for_url(site.url + "/login?next=%2F", timeout=30_000)
+    assert page.locator("h1").inner_text() == "Log in"

@@ -210,8 +210,19 @@
         source = null;
         state("reconnecting", "reconnecting…");
         clearTimeout(retryTimer);
-        retryTimer = setTimeout(connect, backoff);
-        backoff = Math.min(backoff * 2, 30000);
+        // EventSource hides the status: ask the page's twin whether we are still logged in
+        fetch("/overview.json", {credentials: "same-origin", headers: {accept: "application/json"}})
+          .then(function (r) {
+            if (r.status === 401) {  // the key was revoked or the login expired: say so, do not spin
+              window.location.href = "/login?next=" + encodeURIComponent("/");
+              return;
+            }
+            retryTimer = setTimeout(connect, backoff);
+            backoff = Math.min(backoff * 2, 30000);
+          }, function () {  // the server is down: keep trying, more slowly
+            retryTimer = setTimeout(connect, backoff);
+            backoff = Math.min(backoff * 2, 30000);
+          });
       } else {
         state("reconnecting", "reconnecting…"); // the browser retries after the server's retry hint
       }
