@@ -11,15 +11,13 @@ import importlib.util
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect
-from sqlalchemy import Engine
 
-from console.agents import AgentProcess
+from console.agents import Governed, governed_server
 from console.conftest import serve, stop
 from proctor.store import open_engine
 from proctor.store.approvals import ApprovalStore
@@ -42,30 +40,10 @@ spec:
 """
 
 
-@dataclass
-class Governed:
-    url: str
-    db: str
-    policy: Path
-    folder: Path
-    engine: Engine
-
-    def agent(self, session_id: str) -> AgentProcess:
-        return AgentProcess("refund_agent.py", self.url, self.db, str(self.policy), session_id, cwd=self.folder)
-
-
 @pytest.fixture
 def governed(tmp_path: Path) -> Iterator[Governed]:
-    db = f"sqlite:///{tmp_path / 'proctor.db'}"
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    url, server, thread = serve(db)
-    engine = open_engine(db)
-    try:
-        yield Governed(url, db, policy, tmp_path, engine)
-    finally:
-        stop(server, thread)
-        engine.dispose()
+    with governed_server(tmp_path, POLICY) as g:
+        yield g
 
 
 def _open_from_queue(page, governed: Governed, approval_id: str, session_id: str) -> str:  # type: ignore[no-untyped-def]
@@ -91,7 +69,7 @@ def _open_from_queue(page, governed: Governed, approval_id: str, session_id: str
 
 
 def test_an_approval_granted_on_the_page_lets_the_waiting_agent_proceed(governed: Governed, page) -> None:  # type: ignore[no-untyped-def]
-    agent = governed.agent("sess-console-approve")
+    agent = governed.agent("refund_agent.py", "sess-console-approve")
     try:
         approval_id = agent.expect("PENDING", 60).split()[1]
         trace_href = _open_from_queue(page, governed, approval_id, "sess-console-approve")
@@ -140,7 +118,7 @@ def test_an_approval_granted_on_the_page_lets_the_waiting_agent_proceed(governed
 
 
 def test_an_approval_denied_on_the_page_refuses_the_agent(governed: Governed, page) -> None:  # type: ignore[no-untyped-def]
-    agent = governed.agent("sess-console-deny")
+    agent = governed.agent("refund_agent.py", "sess-console-deny")
     try:
         approval_id = agent.expect("PENDING", 60).split()[1]
         _open_from_queue(page, governed, approval_id, "sess-console-deny")

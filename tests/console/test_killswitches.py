@@ -6,17 +6,13 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect
-from sqlalchemy import Engine
 
-from console.agents import AgentProcess
-from console.conftest import serve, stop
-from proctor.store import open_engine
+from console.agents import AgentProcess, Governed, governed_server
 from proctor.store.killswitches import KillSwitches
 
 from conftest import wait_until
@@ -36,34 +32,17 @@ spec:
 STOP_WITHIN_S = 5.0
 
 
-@dataclass
-class Served:
-    url: str
-    db: str
-    policy: Path
-    folder: Path
-    engine: Engine
-
-
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    db = f"sqlite:///{tmp_path / 'proctor.db'}"
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    url, server, thread = serve(db)
-    engine = open_engine(db)
-    try:
-        yield Served(url, db, policy, tmp_path, engine)
-    finally:
-        stop(server, thread)
-        engine.dispose()
+def served(tmp_path: Path) -> Iterator[Governed]:
+    with governed_server(tmp_path, POLICY) as g:
+        yield g
 
 
-def _looping_agent(served: Served, session_id: str) -> AgentProcess:
-    return AgentProcess("looping_agent.py", served.url, served.db, str(served.policy), session_id, cwd=served.folder)
+def _looping_agent(served: Governed, session_id: str) -> AgentProcess:
+    return served.agent("looping_agent.py", session_id)
 
 
-def test_a_session_kill_switch_set_on_the_page_stops_the_running_session(served: Served, page) -> None:  # type: ignore[no-untyped-def]
+def test_a_session_kill_switch_set_on_the_page_stops_the_running_session(served: Governed, page) -> None:  # type: ignore[no-untyped-def]
     agent = _looping_agent(served, "sess-runaway-7")
     try:
         agent.expect("STARTED", 60)
@@ -106,7 +85,7 @@ def test_a_session_kill_switch_set_on_the_page_stops_the_running_session(served:
         agent.stop()
 
 
-def test_an_agent_kill_switch_from_a_preset_stops_every_session_of_that_agent(served: Served, page) -> None:  # type: ignore[no-untyped-def]
+def test_an_agent_kill_switch_from_a_preset_stops_every_session_of_that_agent(served: Governed, page) -> None:  # type: ignore[no-untyped-def]
     agent = _looping_agent(served, "sess-poller-2")
     try:
         agent.expect("STARTED", 60)
@@ -126,7 +105,7 @@ def test_an_agent_kill_switch_from_a_preset_stops_every_session_of_that_agent(se
         agent.stop()
 
 
-def test_the_form_refuses_a_bad_scope_or_no_reason_and_changes_nothing(served: Served, page) -> None:  # type: ignore[no-untyped-def]
+def test_the_form_refuses_a_bad_scope_or_no_reason_and_changes_nothing(served: Governed, page) -> None:  # type: ignore[no-untyped-def]
     page.goto(served.url + "/killswitches")
     page.fill("#ks-scope", "session:has a space")
     page.fill("#ks-reason", "testing")
@@ -141,7 +120,7 @@ def test_the_form_refuses_a_bad_scope_or_no_reason_and_changes_nothing(served: S
     assert KillSwitches(served.engine).list() == []
 
 
-def test_other_pages_post_here_with_next_and_are_sent_back_only_to_this_site(served: Served) -> None:
+def test_other_pages_post_here_with_next_and_are_sent_back_only_to_this_site(served: Governed) -> None:
     """The contract the session page's "Stop this session" form relies on: scope, on, reason, next."""
     with httpx.Client(base_url=served.url, timeout=10) as client:
         back = client.post("/killswitches", data={"scope": "session:sess-42", "on": "1", "reason": "stop it",
@@ -168,7 +147,7 @@ APIKEYS = importlib.util.find_spec("proctor.store.apikeys") is not None
 
 @pytest.mark.skipif(not APIKEYS, reason="API keys (proctor.store.apikeys) are not built yet: with no key, "
                                         "auth is off and everyone is the local admin, so roles cannot be tested")
-def test_only_an_operator_or_admin_can_set_a_switch_or_a_silence(served: Served) -> None:
+def test_only_an_operator_or_admin_can_set_a_switch_or_a_silence(served: Governed) -> None:
     from proctor.store.apikeys import ApiKeys
 
     keys = ApiKeys(served.engine)

@@ -13,8 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 
@@ -100,3 +103,35 @@ class AgentProcess(OutputProcess):
     def __init__(self, script: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         super().__init__([sys.executable, str(HERE / script), *args], cwd=cwd, name=f"the agent {script}",
                          env={"PROCTOR_URL": "", **(env or {})})
+
+
+@dataclass
+class Governed:
+    """A server on a fresh database, a policy file for the agents, their working folder, and an
+    engine on the same database (as another process would have)."""
+
+    url: str
+    db: str
+    policy: Path
+    folder: Path
+    engine: Any
+
+    def agent(self, script: str, *args: str) -> AgentProcess:
+        return AgentProcess(script, self.url, self.db, str(self.policy), *args, cwd=self.folder)
+
+
+@contextmanager
+def governed_server(folder: Path, policy: str) -> Iterator[Governed]:
+    from console.conftest import serve, stop
+    from proctor.store import open_engine
+
+    db = f"sqlite:///{folder / 'proctor.db'}"
+    policy_file = folder / "policy.yaml"
+    policy_file.write_text(policy)
+    url, server, thread = serve(db)
+    engine = open_engine(db)
+    try:
+        yield Governed(url, db, policy_file, folder, engine)
+    finally:
+        stop(server, thread)
+        engine.dispose()
