@@ -92,8 +92,8 @@ def test_an_approval_granted_on_the_page_lets_the_waiting_agent_proceed(governed
         agent.expect("PROCEEDED refunded 129.5 on O-7731", 20)
         assert agent.wait(30) == 0, agent.stderr_tail()
 
-        page.reload()
-        expect(page.locator("#approval-status")).to_have_text("consumed")  # approved, then used by the agent
+        # the page follows by itself: approved, then used by the agent (no reload by the reader)
+        expect(page.locator("#approval-status")).to_have_text("consumed", timeout=10_000)
         expect(page.locator("#decided-by")).to_have_text("local")
         expect(page.locator("#decision-reason")).to_have_text("checked O-7731: delivered damaged, photo on file")
         assert page.locator("#approve").count() == 0 and page.locator("#deny").count() == 0
