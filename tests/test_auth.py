@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
+from sqlalchemy import text as sa_text
 from typer.testing import CliRunner
 
 from proctor.cli import keys as cli_keys
@@ -389,9 +390,10 @@ def test_a_cookie_login_changes_state_only_from_the_servers_own_pages(server: Se
     login = server.call("POST", "/login", data={"key": key, "next": "/traces"})
     assert login.status_code == 303 and login.headers["location"] == "/traces"
     cookie = login.headers["set-cookie"]
-    assert cookie.startswith(f"proctor_key={key};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    assert "Path=/" in cookie
-    jar = {"cookie": f"proctor_key={key}"}
+    assert cookie.startswith("proctor_key=ps_") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Path=/" in cookie and key not in cookie  # a login token of its own, never the key
+    token = cookie.split(";", 1)[0].split("=", 1)[1]
+    jar = {"cookie": f"proctor_key={token}"}
     body = {"scope": "agent:x", "active": True, "by": "ops"}
     assert server.get("/api/traces", headers=jar).status_code == 200  # reading needs no Origin
     for origin in ({"origin": "http://evil.example"}, {"referer": "http://evil.example/page"}, {},
@@ -421,9 +423,31 @@ def test_the_login_page_only_sends_you_on_to_a_path_on_this_server(server: Serve
     assert wrong.status_code == 401 and "not valid" in wrong.text and "set-cookie" not in wrong.headers
     as_json = server.call("POST", "/login", json={"key": key, "next": "/agents"})
     assert as_json.json() == {"ok": True, "auth": "on", "next": "/agents", "name": "ops", "role": "viewer"}
-    out = server.get("/logout", headers={"cookie": f"proctor_key={key}"})
+    login = server.call("POST", "/login", data={"key": key, "next": "/"})
+    jar = {"cookie": "proctor_key=" + login.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]}
+    assert server.get("/api/traces", headers=jar).status_code == 200
+    out = server.get("/logout", headers=jar)
     assert out.status_code == 303 and out.headers["location"] == "/login"
     assert out.headers["set-cookie"].startswith("proctor_key=;") and "Max-Age=0" in out.headers["set-cookie"]
+    assert server.get("/api/traces", headers=jar).status_code == 401  # logged out: the token is dead, not just forgotten
+
+
+def test_a_console_login_is_a_token_of_its_own_that_dies_with_its_key(server: Server) -> None:
+    key = create(server, "ops", "viewer")
+    create(server, "root", "admin")  # so that auth stays on when ops is revoked
+    until(lambda: server.get("/api/traces").status_code == 401)
+    login = server.call("POST", "/login", data={"key": key, "next": "/"})
+    token = login.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+    jar = {"cookie": f"proctor_key={token}"}
+    assert server.get("/api/traces", headers=jar).status_code == 200
+    # the key itself in the cookie is not a login (it would reach every port of the host)
+    assert server.get("/api/traces", headers={"cookie": f"proctor_key={key}"}).status_code == 401
+    # only the token's hash is stored
+    with server.engine.connect() as conn:
+        stored = [tuple(r) for r in conn.execute(sa_text("SELECT token_hash, key_id FROM console_sessions"))]
+    assert len(stored) == 1 and token not in stored[0][0] and len(stored[0][0]) == 64
+    keys_cli("revoke", "ops", "--db", server.db)
+    until(lambda: server.get("/api/traces", headers=jar).status_code == 401)
 
 
 # -- cost ---------------------------------------------------------------------------------------

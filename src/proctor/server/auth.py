@@ -19,7 +19,8 @@ admin                                  x     API keys, policy and alert-rule rel
 Auth is on while at least one unrevoked key exists (``proctor keys create``); see docs/auth.md.
 :class:`AuthMiddleware` authenticates every request except ``/healthz``, ``/login``, ``/logout``, ``/favicon.ico``
 and ``/static/``: ``Authorization: Bearer <key>`` (API clients, the SDK, the CLI) or the console's
-``proctor_key`` cookie, which is HttpOnly and SameSite=Strict, and for which a state-changing
+``proctor_key`` cookie — a login token of its own, stored hashed, ended by log out, by its
+key's revocation or after a week; never the key — which is HttpOnly and SameSite=Strict, and for which a state-changing
 request must also come from the server's own origin (CSRF). It then checks the permission
 :data:`RULES` names for the method and path; a handler whose rule depends on more than the path
 calls :func:`require` itself (every console form handler does).
@@ -111,7 +112,7 @@ def refusal(who: Principal, permission: str) -> str:
 
 # -- which permission a request needs ------------------------------------------------------------
 
-COOKIE = "proctor_key"  # the console's credential: the key itself, HttpOnly, SameSite=Strict
+COOKIE = "proctor_key"  # the console's login: a token of its own (not the key), HttpOnly, SameSite=Strict
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _ANY = frozenset({"GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"})
 _POST = frozenset({"POST"})
@@ -138,6 +139,10 @@ RULES: tuple[tuple[frozenset[str], str, str], ...] = (
 )
 
 #: Reachable without a key: liveness, the login and logout pages, the console's assets.
+#: How long a console login lasts (it ends sooner if its key is revoked, or on log out).
+LOGIN_TTL_S = 7 * 86400
+LOGIN_CACHE_S = 5.0  # a login ended on another replica stops working there within this
+
 OPEN_PATHS = frozenset({"/healthz", "/login", "/login.json", "/logout", "/favicon.ico"})
 OPEN_PREFIXES = ("/static/",)
 #: Answered with 401 JSON, never a redirect to the login page (machines read these).
@@ -205,6 +210,7 @@ class KeyCache:
         self._lock = threading.Lock()
         self._generation = 0  # bumped by invalidate(): a load that raced a change is not kept
         self._used: dict[str, int] = {}  # key id -> last use written (or being written), ns
+        self._logins: dict[str, tuple[str, int, float]] = {}  # token hash -> (key id, expires ns, read at)
 
     def fresh(self) -> dict[str, tuple[ApiKey, Principal]] | None:
         """The snapshot if it is younger than ``ttl_s``, else None (then call :meth:`load`)."""
@@ -253,6 +259,28 @@ class KeyCache:
             return None
         self._used[key_id] = now
         return now
+
+    # -- console logins (the cookie's token -> its key), re-read at most every LOGIN_CACHE_S --
+
+    def login_cached(self, token: str) -> tuple[bool, str | None]:
+        """(found in the cache, key id or None) for a console login token."""
+        hit = self._logins.get(hash_secret(token))
+        if hit is None or self._clock() - hit[2] >= LOGIN_CACHE_S or hit[1] <= time.time_ns():
+            return False, None
+        return True, hit[0]
+
+    def login(self, token: str) -> str | None:
+        """The key id of a console login (blocking: a database read when not cached)."""
+        found = self.store.login_key(token)
+        if len(self._logins) > 10_000:  # bounded: a flood of made-up tokens must not grow it
+            self._logins.clear()
+        if found is not None:
+            self._logins[hash_secret(token)] = (found[0], found[1], self._clock())
+        return found[0] if found else None
+
+    def logout(self, token: str) -> None:
+        self._logins.pop(hash_secret(token), None)
+        self.store.close_login(token)
 
     def touch(self, key_id: str, when_ns: int) -> None:
         try:
@@ -368,9 +396,19 @@ class AuthMiddleware:
             if scheme.lower() == "bearer":
                 who = KeyCache.match(keys, token.strip())
         else:
-            secret = cookie_parser(headers.get("cookie", "")).get(COOKIE)
-            if secret:
-                who, by_cookie = KeyCache.match(keys, secret), True
+            login_token = cookie_parser(headers.get("cookie", "")).get(COOKIE)
+            if login_token:
+                by_cookie = True
+                cached, key_id = self.keys.login_cached(login_token)
+                if not cached:
+                    try:
+                        key_id = await anyio.to_thread.run_sync(self.keys.login, login_token)
+                    except Exception:
+                        log.exception("cannot read the console's logins")
+                        await _json(send, 503, "cannot check the login: the database is unavailable; retry later")
+                        return
+                entry = keys.get(key_id) if key_id else None  # the key must still be active
+                who = entry[1] if entry else None
 
         if path in OPEN_PATHS:  # the login page says who you are if it can, and never refuses
             if who is not None:
@@ -430,9 +468,9 @@ async def _redirect(send: Send, location: str, *, clear_cookie: bool = False) ->
     await send({"type": "http.response.body", "body": b""})
 
 
-def cookie_header(secret: str, *, secure: bool = False, max_age_s: int = 30 * 86400) -> str:
-    """The Set-Cookie value that logs the console in with ``secret``."""
-    return (f"{COOKIE}={secret}; Max-Age={max_age_s}; Path=/; HttpOnly; SameSite=Strict"
+def cookie_header(token: str, *, secure: bool = False, max_age_s: int = LOGIN_TTL_S) -> str:
+    """The Set-Cookie value that logs the console in with a login ``token`` (never an API key)."""
+    return (f"{COOKIE}={token}; Max-Age={max_age_s}; Path=/; HttpOnly; SameSite=Strict"
             + ("; Secure" if secure else ""))
 
 

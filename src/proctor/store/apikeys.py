@@ -21,11 +21,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from proctor.store.budgets import write_transaction
 from proctor.store.schema import api_keys as keys_t
+from proctor.store.schema import console_sessions as sessions_t
 
 __all__ = ["ROLES", "ApiKey", "ApiKeyError", "ApiKeyNotFound", "ApiKeys", "hash_secret", "parse_secret"]
 
@@ -33,6 +34,7 @@ __all__ = ["ROLES", "ApiKey", "ApiKeyError", "ApiKeyNotFound", "ApiKeys", "hash_
 ROLES = ("viewer", "operator", "approver", "admin")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 _SECRET_RE = re.compile(r"pk_([0-9a-f]{12})_[A-Za-z0-9_-]{20,100}")
+_LOGIN_RE = re.compile(r"ps_[A-Za-z0-9_-]{40,100}")
 _PREFIX_CHARS = 20  # "pk_" + 12-hex id + "_" + 4 random characters: enough to tell keys apart on screen
 
 
@@ -176,3 +178,34 @@ class ApiKeys:
         """Record that a key was used (servers do this at most once a minute per key)."""
         with self.engine.begin() as conn:
             conn.execute(update(keys_t).where(keys_t.c.id == key_id).values(last_used_ns=when_ns or time.time_ns()))
+
+    # -- the console's logins -------------------------------------------------------------------
+
+    def open_login(self, key_id: str, ttl_s: float) -> str:
+        """A console login for ``key_id``: a random token for the browser's cookie (only its hash
+        is stored). It lasts ``ttl_s`` at most, and no longer than the key."""
+        token = "ps_" + secrets.token_urlsafe(32)
+        now = time.time_ns()
+        with self.engine.begin() as conn:
+            # an expired login is never read again: drop those while we are here
+            conn.execute(delete(sessions_t).where(sessions_t.c.expires_ns <= now))
+            conn.execute(insert(sessions_t).values(token_hash=hash_secret(token), key_id=key_id, created_ns=now,
+                                                   expires_ns=now + int(ttl_s * 1e9)))
+        return token
+
+    def login_key(self, token: str) -> tuple[str, int] | None:
+        """(key id, expiry ns) of an unexpired console login, else None. Whether the key is
+        still active is the caller's to check (against its snapshot of active keys)."""
+        if not _LOGIN_RE.fullmatch(token):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(sessions_t.c.key_id, sessions_t.c.expires_ns)
+                               .where(sessions_t.c.token_hash == hash_secret(token))).first()
+        if row is None or row.expires_ns <= time.time_ns():
+            return None
+        return str(row.key_id), int(row.expires_ns)
+
+    def close_login(self, token: str) -> None:
+        """Log a console login out (its token stops working at once on this server)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(sessions_t).where(sessions_t.c.token_hash == hash_secret(token)))

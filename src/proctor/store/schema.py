@@ -388,3 +388,16 @@ api_keys = Table(
     Index("ux_api_keys_active_name", "name", unique=True, sqlite_where=text("revoked_ns IS NULL"),
           postgresql_where=text("revoked_ns IS NULL")),
 )
+
+# The console's logins: the browser's cookie holds a random token of its own, never the API key
+# (cookies reach every port of a host). A login lasts while its key does, until it expires or
+# the browser logs out.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 hex of the cookie's token
+    Column("key_id", String(32), nullable=False),
+    Column("created_ns", BigInteger, nullable=False),
+    Column("expires_ns", BigInteger, nullable=False),
+    Index("ix_console_sessions_key", "key_id"),
+)

@@ -22,7 +22,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from proctor.server.auth import (
+    COOKIE,
     LOCAL_ADMIN,
+    LOGIN_TTL_S,
     KeyCache,
     Principal,
     clear_cookie_header,
@@ -114,7 +116,9 @@ async def login(request: Request) -> Response:
             who = Principal(key.name, key.role, key.id)
     if who is None:
         return refuse(401, "that key is not valid: unknown, mistyped or revoked" if secret else "paste an API key")
-    cookie = cookie_header(secret, secure=request.url.scheme == "https")
+    # the cookie carries a login token of its own, never the key: cookies reach every port of a host
+    token = await anyio.to_thread.run_sync(cache.store.open_login, who.key_id or "", LOGIN_TTL_S)
+    cookie = cookie_header(token, secure=request.url.scheme == "https")
     if json_body:
         response: Response = json_response({"ok": True, "auth": "on", "next": next_path, "name": who.name,
                                             "role": who.role})
@@ -126,7 +130,10 @@ async def login(request: Request) -> Response:
 
 
 @router.get("/logout", include_in_schema=False)
-def logout() -> Response:
+def logout(request: Request) -> Response:
+    token = request.cookies.get(COOKIE)
+    if token:
+        _cache(request).logout(token)  # the token stops working now, not when the cookie expires
     response = RedirectResponse("/login", 303)
     response.headers.append("set-cookie", clear_cookie_header())
     return response
