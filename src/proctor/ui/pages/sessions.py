@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from proctor import traces as views
 from proctor.server.api import _filters
-from proctor.store import CursorError, SpanStore
+from proctor.store import CursorError
 from proctor.store.decisions import DecisionLog
 from proctor.store.killswitches import KillSwitches
 from proctor.store.schema import approvals as approvals_t
@@ -29,6 +29,7 @@ from proctor.ui.pages.traces import (
     is_json,
     parse_limit,
     read_params,
+    span_store,
 )
 from proctor.ui.render import page, principal_of
 
@@ -37,10 +38,6 @@ router = APIRouter(tags=["console"])
 SESSION_PARAMS = ("since", "until", "agent", "status", "q")
 DECISIONS_SHOWN = 200  # the newest; the decision log page has them all (/decisions?session=...)
 APPROVALS_SHOWN = 50
-
-
-def _store(request: Request) -> SpanStore:
-    return request.app.state.proctor.store  # type: ignore[no-any-return]
 
 
 @page(router, "/sessions", "sessions.html")
@@ -56,7 +53,7 @@ def sessions(request: Request) -> dict[str, Any]:
         flt = _filters(p["since"] or None, p["until"] or None, p["agent"] or None, None, p["status"] or None,
                        None, None, None, None, None, None, p["q"] or None)
         try:
-            listed = views.session_list(_store(request), flt, limit=limit, cursor=cursor)
+            listed = views.session_list(span_store(request), flt, limit=limit, cursor=cursor)
         except CursorError as exc:
             errors["cursor"] = str(exc)
         else:
@@ -103,7 +100,7 @@ def _approvals(request: Request, session_id: str) -> list[dict[str, Any]]:
 def session(request: Request, session_id: str) -> dict[str, Any]:
     state = request.app.state.proctor
     try:
-        detail = views.session_detail(_store(request), session_id)
+        detail = views.session_detail(span_store(request), session_id)
     except views.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
     traces = detail["traces"]

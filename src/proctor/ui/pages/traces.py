@@ -237,7 +237,7 @@ def policy_outcomes(engine: Engine, trace_ids: list[str]) -> dict[str, list[dict
 _SEVERITY = {"terminate_session": 0, "deny": 1, "require_approval": 2, "redact": 3, "warn": 4}
 
 
-def _store(request: Request) -> SpanStore:
+def span_store(request: Request) -> SpanStore:
     return request.app.state.proctor.store  # type: ignore[no-any-return]
 
 
@@ -252,7 +252,7 @@ def traces(request: Request) -> dict[str, Any]:
     next_cursor = None
     if flt is not None:
         try:
-            listed = views.trace_list(_store(request), flt, limit=limit, cursor=cursor)
+            listed = views.trace_list(span_store(request), flt, limit=limit, cursor=cursor)
         except CursorError as exc:
             errors["cursor"] = str(exc)
         else:
