@@ -18,7 +18,7 @@ def _store(request: Request) -> SpanStore:
     return request.app.state.proctor.store
 
 
-def _filters(
+def filters_from_query(
     since: str | None,
     until: str | None,
     agent: str | None,
@@ -87,7 +87,7 @@ def list_traces(
     service: Service = None, min_cost: MinCost = None, min_duration_ms: MinDur = None, q: Text = None,
     decision: DecisionQ = None, limit: Limit = 50, cursor: Cursor = None,
 ) -> Response:
-    flt = _filters(since, until, agent, version, status, tool, model, session, service, min_cost, min_duration_ms, q,
+    flt = filters_from_query(since, until, agent, version, status, tool, model, session, service, min_cost, min_duration_ms, q,
                    decision)
     return _lookup(lambda: views.trace_list(_store(request), flt, limit=limit, cursor=cursor))
 
@@ -107,7 +107,7 @@ def list_sessions(
     request: Request, since: Since = None, until: Until = None, agent: Agent = None, status: Status = None,
     q: Text = None, limit: Limit = 50, cursor: Cursor = None,
 ) -> Response:
-    flt = _filters(since, until, agent, None, status, None, None, None, None, None, None, q)
+    flt = filters_from_query(since, until, agent, None, status, None, None, None, None, None, None, q)
     return _lookup(lambda: views.session_list(_store(request), flt, limit=limit, cursor=cursor))
 
 
@@ -121,5 +121,5 @@ def get_stats(
     request: Request, since: Since = None, until: Until = None, agent: Agent = None, version: Version = None,
     status: Status = None, tool: Tool = None, model: Model = None, service: Service = None,
 ) -> Response:
-    flt = _filters(since, until, agent, version, status, tool, model, None, service, None, None, None)
+    flt = filters_from_query(since, until, agent, version, status, tool, model, None, service, None, None, None)
     return _json(views.stats(_store(request), flt))

@@ -359,7 +359,7 @@ def guard_input(request: Request, body: InputCheck) -> Response:
 
 # -- policy -------------------------------------------------------------------------------------
 
-def _policy_doc(policy: PolicySet, paths: Sequence[str]) -> dict[str, Any]:
+def policy_doc(policy: PolicySet, paths: Sequence[str]) -> dict[str, Any]:
     return {
         "paths": list(paths),
         "hash": policy.hash,
@@ -372,7 +372,7 @@ def _policy_doc(policy: PolicySet, paths: Sequence[str]) -> dict[str, Any]:
              dependencies=[NEEDS_POLICY])
 def get_policy(request: Request) -> Response:
     guard = _guard(request)
-    return _json(_policy_doc(guard.policy, _state(request).policy_paths))
+    return _json(policy_doc(guard.policy, _state(request).policy_paths))
 
 
 @router.post("/policy/reload", summary="Reload the bundles from the configured paths; all or nothing",
@@ -391,7 +391,7 @@ def reload_policy(request: Request) -> Response:
         return _json({"detail": f"policy refused ({len(problems)} problem{'s' * (len(problems) != 1)}); "
                                 f"the active policy {before[:12]} is unchanged", "problems": problems,
                       "hash": before}, status=400)
-    return _json({**_policy_doc(policy, paths), "previous_hash": before, "changed": policy.hash != before})
+    return _json({**policy_doc(policy, paths), "previous_hash": before, "changed": policy.hash != before})
 
 
 # -- approvals ----------------------------------------------------------------------------------
@@ -469,7 +469,7 @@ def set_kill_switch(request: Request, body: KillSwitchChange) -> Response:
 
 # -- the decision log ---------------------------------------------------------------------------
 
-def _flush(request: Request) -> None:
+def flush_decisions(request: Request) -> None:
     """Let this server's own recent decisions reach the log before it is read."""
     guard = _state(request).guard
     if guard is not None:
@@ -485,7 +485,7 @@ def list_decisions(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before_seq: Annotated[int | None, Query(ge=1, description="next_before_seq from the previous page")] = None,
 ) -> Response:
-    _flush(request)
+    flush_decisions(request)
     rows = DecisionLog(_state(request).engine).list(session_id=session_id, trace_id=trace_id, effect=effect,
                                                      limit=limit, before_seq=before_seq)
     more = len(rows) == limit and rows[-1]["seq"] > 1
@@ -494,5 +494,5 @@ def list_decisions(
 
 @router.get("/audit/verify", summary="Recompute the decision log's hash chain: finds edited or deleted rows")
 def audit_verify(request: Request) -> Response:
-    _flush(request)
+    flush_decisions(request)
     return _json(DecisionLog(_state(request).engine).verify().to_dict())

@@ -31,6 +31,7 @@ from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import Engine, select
 
 from proctor.core.timeparse import format_ns, parse_time_ns
+from proctor.server.governance import flush_decisions
 from proctor.store.decisions import GENESIS_HASH, DecisionLog, chain_hash
 from proctor.store.schema import decisions as decisions_t
 from proctor.ui.render import page
@@ -43,13 +44,6 @@ AUTO_VERIFY_ROWS = 20_000
 EXPORT_CHUNK = 1000
 COLUMNS = tuple(str(c.name) for c in decisions_t.columns)  # plain str: orjson refuses subclasses as keys
 FORMATS = {"jsonl": ("application/x-ndjson", "jsonl"), "csv": ("text/csv; charset=utf-8", "csv")}
-
-
-def _flush(request: Request) -> None:
-    """Let this server's own recent decisions reach the log before it is read (as the API does)."""
-    guard = request.app.state.proctor.guard
-    if guard is not None:
-        guard.flush(5.0)
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
@@ -95,7 +89,7 @@ def diagnose(engine: Engine, seq: int) -> dict[str, Any]:
 @page(router, "/audit", "audit.html")
 def audit(request: Request, verify: str | None = None) -> dict[str, Any]:
     engine = request.app.state.proctor.engine
-    _flush(request)
+    flush_decisions(request)
     log = DecisionLog(engine)
     head_seq, head_hash = log.head()
     first = _row_at(engine, 1) if head_seq else None
@@ -205,7 +199,7 @@ def export(request: Request, since: str | None = None, until: str | None = None,
     if since_ns is not None and until_ns is not None and until_ns <= since_ns:
         raise HTTPException(400, "until must be after since")
     engine = request.app.state.proctor.engine
-    _flush(request)
+    flush_decisions(request)
     head_seq, head_hash = DecisionLog(engine).head()
     media_type, ext = FORMATS[format]
     name = f"proctor-decisions-{_stamp(since_ns, 'start')}-{_stamp(until_ns, 'now')}.{ext}"

@@ -27,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from sqlalchemy import Engine, and_, or_, select
 
 from proctor.core.timeparse import TimeParseError, format_ns, parse_time_ns
-from proctor.server.governance import _flush, _policy_doc
+from proctor.server.governance import flush_decisions, policy_doc
 from proctor.store.decisions import DecisionLog
 from proctor.store.registry import RegistryStore
 from proctor.ui.render import page
@@ -87,7 +87,7 @@ def _active_bundles(request: Request) -> list[PolicyBundle]:
 @page(router, "/policies", "policies.html")
 def policies_page(request: Request) -> dict[str, Any]:
     state = _state(request)
-    active = _policy_doc(state.guard.policy, state.policy_paths) if state.guard is not None else None
+    active = policy_doc(state.guard.policy, state.policy_paths) if state.guard is not None else None
     pinned = _pinned(RegistryStore(state.engine))
     active_hashes = {b["hash"] for b in active["bundles"]} if active else set()
     for b in active["bundles"] if active else []:
@@ -297,7 +297,7 @@ def decisions_page(
     except ValueError as exc:
         ctx["error"] = str(exc)
         return ctx
-    _flush(request)  # this server's own recent decisions first, as GET /api/decisions does
+    flush_decisions(request)  # this server's own recent decisions first, as GET /api/decisions does
     rows, nxt = decision_rows(state.engine, flt, limit=limit, before_seq=before)
     ctx["decisions"] = rows
     ctx["next_cursor"] = str(nxt) if nxt is not None else None

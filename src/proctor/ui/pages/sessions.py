@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select
 
 from proctor import traces as views
-from proctor.server.api import _filters
+from proctor.server.api import filters_from_query
 from proctor.store import CursorError
 from proctor.store.decisions import DecisionLog
 from proctor.store.killswitches import KillSwitches
@@ -50,7 +50,7 @@ def sessions(request: Request) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     next_cursor = None
     if not errors:
-        flt = _filters(p["since"] or None, p["until"] or None, p["agent"] or None, None, p["status"] or None,
+        flt = filters_from_query(p["since"] or None, p["until"] or None, p["agent"] or None, None, p["status"] or None,
                        None, None, None, None, None, None, p["q"] or None)
         try:
             listed = views.session_list(span_store(request), flt, limit=limit, cursor=cursor)

@@ -1,6 +1,6 @@
 """The trace list: ``/traces`` (and ``/traces.json``), filtered and paged like ``GET /api/traces``.
 
-The filters are the API's (``proctor.server.api._filters`` builds the same TraceFilter) and the
+The filters are the API's (``proctor.server.api.filters_from_query`` builds the same TraceFilter) and the
 rows are ``proctor.traces.trace_list``'s, plus the models and tools each trace used. Every filter
 lives in the query string, so any view of the list is a link. A filter that cannot be read (a bad
 time, a negative cost) is shown next to its field, not as an error page; the JSON twin answers it
@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select, text
 
 from proctor import traces as views
 from proctor.core.timeparse import TimeParseError, parse_duration_s, parse_time_ns
-from proctor.server.api import _filters
+from proctor.server.api import filters_from_query
 from proctor.store import CursorError, SpanStore, TraceFilter
 from proctor.store.registry import RegistryStore
 from proctor.store.schema import decisions as decisions_t
@@ -133,7 +133,7 @@ def trace_filter(p: dict[str, str], errors: FilterErrors) -> tuple[TraceFilter |
     if errors:
         return None, min_ms
     try:
-        flt = _filters(p["since"] or None, p["until"] or None, p["agent"] or None, p["version"] or None,
+        flt = filters_from_query(p["since"] or None, p["until"] or None, p["agent"] or None, p["version"] or None,
                        p["status"] or None, p["tool"] or None, p["model"] or None, p["session"] or None,
                        p["service"] or None, min_cost, min_ms, p["q"] or None, p.get("decision") or None)
     except HTTPException as exc:  # the API's own checks, should they ever add one we do not make
